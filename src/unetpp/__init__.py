@@ -1,0 +1,9 @@
+"""unetpp: UNet++ for medical image segmentation, with deep supervision and real pruning."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .models import ModelConfig, count_parameters, create_model, list_models  # noqa: E402
+
+__all__ = ["ModelConfig", "__version__", "count_parameters", "create_model", "list_models"]

@@ -1,0 +1,127 @@
+"""Building blocks shared by every model family, for 2D and 3D alike.
+
+One class per block; ``dims`` picks ``Conv2d``/``Conv3d`` (and the matching norm, pool and
+transposed conv) so the 2D and 3D networks are the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+NORMS = ("none", "batch", "instance")
+ACTS = ("relu", "leaky_relu")
+UPS = ("transpose", "interp")
+
+
+def check_dims(dims: int) -> int:
+    if dims not in (2, 3):
+        raise ValueError(f"dims must be 2 or 3, got {dims!r}")
+    return dims
+
+
+def conv_nd(dims: int) -> type[nn.Module]:
+    return nn.Conv2d if check_dims(dims) == 2 else nn.Conv3d
+
+
+def conv_transpose_nd(dims: int) -> type[nn.Module]:
+    return nn.ConvTranspose2d if check_dims(dims) == 2 else nn.ConvTranspose3d
+
+
+def norm_nd(norm: str, dims: int, channels: int) -> nn.Module | None:
+    if norm == "none":
+        return None
+    if norm == "batch":
+        return (nn.BatchNorm2d if dims == 2 else nn.BatchNorm3d)(channels)
+    if norm == "instance":
+        # affine=True: nnU-Net's choice; statistics are per image so batch size 1-2 is fine.
+        return (nn.InstanceNorm2d if dims == 2 else nn.InstanceNorm3d)(channels, affine=True)
+    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+
+
+def activation(act: str) -> nn.Module:
+    if act == "relu":
+        return nn.ReLU(inplace=True)
+    if act == "leaky_relu":
+        return nn.LeakyReLU(0.01, inplace=True)
+    raise ValueError(f"act must be one of {ACTS}, got {act!r}")
+
+
+class ConvBlock(nn.Module):
+    """The node function H: two (conv 3x3[x3] -> norm -> activation) layers.
+
+    Args:
+        in_channels: channels of the input (for a UNet++ node: the concatenated skips plus
+            the upsampled tensor).
+        out_channels: filters of the node, ``k_i``.
+
+    Shapes: ``(N, in_channels, *S) -> (N, out_channels, *S)`` with ``len(S) == dims``.
+
+    A conv that feeds a normalisation has no bias: the norm's shift makes it redundant.
+    """
+
+    def __init__(self, dims: int, in_channels: int, out_channels: int, norm: str = "none",
+                 act: str = "relu"):
+        super().__init__()
+        conv = conv_nd(dims)
+        layers: list[nn.Module] = []
+        for c_in in (in_channels, out_channels):
+            n = norm_nd(norm, dims, out_channels)
+            layers.append(conv(c_in, out_channels, kernel_size=3, padding=1, bias=n is None))
+            if n is not None:
+                layers.append(n)
+            layers.append(activation(act))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            x = torch.cat(list(x), dim=1)
+        return self.layers(x)
+
+
+class Up(nn.Module):
+    """The upsampling U: doubles each spatial size and maps ``in_channels -> out_channels``.
+
+    ``transpose``: a 2x2[x2] stride-2 transposed conv (the paper). ``interp``: nearest
+    upsampling then a 1x1 conv, which avoids the transposed conv's checkerboard artefacts.
+    """
+
+    def __init__(self, dims: int, in_channels: int, out_channels: int, mode: str = "transpose"):
+        super().__init__()
+        if mode == "transpose":
+            self.up = conv_transpose_nd(dims)(in_channels, out_channels, kernel_size=2, stride=2)
+        elif mode == "interp":
+            self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                                    conv_nd(dims)(in_channels, out_channels, kernel_size=1))
+        else:
+            raise ValueError(f"up must be one of {UPS}, got {mode!r}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(x)
+
+
+def max_pool(x: torch.Tensor) -> torch.Tensor:
+    return F.max_pool2d(x, 2) if x.dim() == 4 else F.max_pool3d(x, 2)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Zero-pad the spatial dims of ``x`` up to a multiple of ``multiple`` (at the end).
+
+    Returns the padded tensor and the original spatial shape, for :func:`crop_to`.
+    """
+    spatial = tuple(x.shape[2:])
+    pads: list[int] = []
+    for s in reversed(spatial):  # F.pad takes the last dim first
+        pads += [0, (-s) % multiple]
+    if any(pads):
+        x = F.pad(x, pads)
+    return x, spatial
+
+
+def crop_to(x: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
+    if tuple(x.shape[2:]) == spatial:
+        return x
+    return x[(..., *(slice(0, s) for s in spatial))]
