@@ -1,0 +1,1 @@
+"""Inference: the sliding-window engine, accurate/fast modes, prediction, evaluation, export."""

@@ -1,0 +1,178 @@
+"""Whole-image inference: sliding windows, deep-supervision levels, modes, mirroring TTA.
+
+Everything that turns a trained model and one normalised image into probabilities goes
+through :func:`predict_probabilities`, so validation during training, ``evaluate``,
+``prune`` and ``predict`` score exactly the same thing.
+
+- **Levels**: a deep-supervised UNet++ has a head per level 1..depth. Asking for one level
+  runs ``model.prune(level)``: only the nodes that head needs are computed. Asking for
+  several runs the full network once and reads every head.
+- **Modes** (the paper's): *accurate* averages the probabilities of every head; *fast* takes
+  one head, level ``L``.
+- **Sliding window**: images larger than ``patch_size`` are tiled with ``overlap`` and the
+  tiles blended with Gaussian weights (MONAI's ``sliding_window_inference``), as nnU-Net does,
+  so border pixels of a tile count less than its centre.
+- **2D model, 3D image**: the volume is cut into slices along the first spatial axis, run as
+  a batch of 2D images and stacked back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from itertools import combinations
+
+import torch
+from monai.inferers import sliding_window_inference
+from torch import nn
+
+MODES = ("accurate", "fast")
+
+
+def probabilities(logits: torch.Tensor, classes: int) -> torch.Tensor:
+    """Sigmoid for a binary (1-channel) output, softmax over channels otherwise."""
+    return torch.sigmoid(logits) if classes == 1 else torch.softmax(logits, dim=1)
+
+
+def probabilities_to_labels(probs: torch.Tensor, classes: int, threshold: float = 0.5) -> torch.Tensor:
+    """``(K', *S)`` probabilities -> int64 label map ``(*S)`` (binary: 0/1, else argmax)."""
+    if classes == 1:
+        return (probs[0] > threshold).long()
+    return probs.argmax(dim=0)
+
+
+def resolve_levels(model: nn.Module, mode: str, level: int | None) -> tuple[int, ...]:
+    """The heads a mode reads: every level for ``accurate``, one for ``fast``.
+
+    ``fast`` without a level takes the deepest head. A model without deep supervision has
+    one head, so both modes read it.
+    """
+    available = tuple(model.levels)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "accurate":
+        if level is not None:
+            raise ValueError("--level is for fast mode; accurate mode averages every head")
+        return available
+    level = available[-1] if level is None else level
+    if level not in available:
+        if len(available) == 1:
+            raise ValueError(f"this model has only level {available[0]} (trained without deep "
+                             f"supervision); level {level} is not available")
+        raise ValueError(f"level must be one of {', '.join(map(str, available))}, got {level}")
+    return (level,)
+
+
+def _level_network(model: nn.Module, levels: Sequence[int]) -> Callable[[torch.Tensor], dict[int, torch.Tensor]]:
+    """A callable ``x -> {level: logits}`` computing no more nodes than ``levels`` need."""
+    if len(levels) == 1 and tuple(model.levels) != tuple(levels):
+        net = model.prune(levels[0])  # structural pruning: fewer nodes actually run
+        return lambda x: {levels[0]: net(x)}
+
+    def run(x: torch.Tensor) -> dict[int, torch.Tensor]:
+        out = model(x)
+        out = out if isinstance(out, dict) else {model.levels[-1]: out}
+        return {lv: out[lv] for lv in levels}
+
+    return run
+
+
+def _mirror_axes(spatial_dims: int) -> list[tuple[int, ...]]:
+    """Every subset of the spatial axes of an ``(N, C, *S)`` tensor (nnU-Net's mirroring)."""
+    axes = range(2, 2 + spatial_dims)
+    return [c for r in range(spatial_dims + 1) for c in combinations(axes, r)]
+
+
+@torch.no_grad()
+def predict_probabilities(model: nn.Module, image: torch.Tensor, *, levels: Sequence[int] | None = None,
+                          patch_size: Sequence[int] | None = None, overlap: float = 0.5,
+                          batch_size: int = 4, tta: bool = False,
+                          device: str | torch.device | None = None,
+                          amp: bool = False) -> dict[int, torch.Tensor]:
+    """Probabilities of each requested level for one whole image.
+
+    Args:
+        model: a model of :mod:`unetpp.models` (in eval mode for inference).
+        image: float32 ``(C, *S)``, normalised as in training; ``len(S)`` equals the model's
+            ``dims``, or is 3 for a 2D model (run slice by slice).
+        levels: heads to read; default every head of the model.
+        patch_size: window of the sliding window (the training patch). ``None``: the whole
+            image at once.
+        overlap: fraction of a window shared with its neighbour.
+        batch_size: windows (or slices) per forward pass.
+        tta: average over every mirroring of the spatial axes (4 in 2D, 8 in 3D).
+        device: where to compute (default: the model's device). Results come back on the CPU.
+        amp: bf16 autocast (CPU) / fp16 autocast (CUDA).
+
+    Returns:
+        ``{level: probs}`` with probs float32 ``(K', *S)`` on the CPU; ``K' = 1`` for a
+        binary model, else ``classes``.
+
+    Example:
+        >>> model = create_model("unetpp", base_filters=4).eval()
+        >>> probs = predict_probabilities(model, torch.rand(1, 100, 120), patch_size=(64, 64))
+        >>> sorted(probs), tuple(probs[4].shape)
+        ([1, 2, 3, 4], (1, 100, 120))
+    """
+    cfg = model.config
+    if not isinstance(image, torch.Tensor):
+        image = torch.as_tensor(image)
+    if image.dim() - 1 not in (cfg.dims, 3) or (cfg.dims == 3 and image.dim() != 4):
+        raise ValueError(f"expected an image (C, *S) with {cfg.dims} spatial dims for a {cfg.dims}D "
+                         f"model{' (or 3 for slice-by-slice)' if cfg.dims == 2 else ''}, "
+                         f"got shape {tuple(image.shape)}")
+    if image.shape[0] != cfg.in_channels:
+        raise ValueError(f"the model expects {cfg.in_channels} channel(s), the image has "
+                         f"{image.shape[0]} (shape {tuple(image.shape)})")
+    levels = tuple(model.levels) if levels is None else tuple(levels)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    network = _level_network(model, levels)
+    mirror = _mirror_axes(cfg.dims) if tta else [()]
+
+    def predictor(x: torch.Tensor) -> dict[int, torch.Tensor]:
+        total: dict[int, torch.Tensor] = {}
+        with torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16,
+                            enabled=amp):
+            for axes in mirror:
+                xi = torch.flip(x, axes) if axes else x
+                for lv, logits in network(xi).items():
+                    p = probabilities(logits.float(), cfg.classes)
+                    p = torch.flip(p, axes) if axes else p
+                    total[lv] = p if lv not in total else total[lv] + p
+        return {lv: p / len(mirror) for lv, p in total.items()}
+
+    slice_by_slice = cfg.dims == 2 and image.dim() == 4
+    # (N, C, *S): one image, or the slices of a volume as a batch of 2D images
+    batch = image.permute(1, 0, 2, 3) if slice_by_slice else image.unsqueeze(0)
+    spatial = tuple(batch.shape[2:])
+    chunks: list[dict[int, torch.Tensor]] = []
+    step = batch_size if slice_by_slice else 1
+    for start in range(0, batch.shape[0], step):
+        x = batch[start:start + step].to(device, torch.float32)
+        if patch_size is None or all(s <= p for s, p in zip(spatial, patch_size)):
+            out = predictor(x)
+        else:
+            roi = tuple(min(p, s) for p, s in zip(patch_size, spatial))
+            out = sliding_window_inference(x, roi, batch_size, predictor, overlap=overlap,
+                                           mode="gaussian", sw_device=device, device="cpu")
+        chunks.append({lv: p.float().cpu() for lv, p in out.items()})
+    result = {lv: torch.cat([c[lv] for c in chunks]) for lv in levels}
+    if slice_by_slice:  # (D, K', H, W) -> (K', D, H, W)
+        return {lv: p.permute(1, 0, 2, 3).contiguous() for lv, p in result.items()}
+    return {lv: p[0] for lv, p in result.items()}
+
+
+def mode_probabilities(probs: dict[int, torch.Tensor], mode: str, level: int | None = None) -> torch.Tensor:
+    """Combine per-level probabilities: the mean of all (accurate) or one level (fast)."""
+    if mode == "accurate":
+        return torch.stack(list(probs.values())).mean(dim=0)
+    if mode == "fast":
+        return probs[level if level is not None else max(probs)]
+    raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+
+def predict(model: nn.Module, image: torch.Tensor, mode: str = "accurate", level: int | None = None,
+            **kwargs) -> torch.Tensor:
+    """Probabilities ``(K', *S)`` of ``mode`` (see :func:`predict_probabilities` for kwargs)."""
+    levels = resolve_levels(model, mode, level)
+    probs = predict_probabilities(model, image, levels=levels, **kwargs)
+    return mode_probabilities(probs, mode, levels[0] if mode == "fast" else None)
