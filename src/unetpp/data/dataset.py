@@ -1,0 +1,270 @@
+"""``SegDataset``: a checked dataset folder whose cases come out normalised and resampled.
+
+    >>> ds = open_dataset("nuclei-2d")      # a fetched sample    # doctest: +SKIP
+    >>> ds = open_dataset("Task03_Liver")   # any layout         # doctest: +SKIP
+    >>> ds.layout, ds.spatial_dims, ds.channels, ds.classes, ds.modality   # doctest: +SKIP
+    ('nnunet', 3, 1, 3, 'ct')
+    >>> case = ds.load_case(ds.case_names[0])           # doctest: +SKIP
+    >>> case.image.shape, case.image.dtype, case.label.shape              # doctest: +SKIP
+    ((1, 75, 512, 512), dtype('float32'), (75, 512, 512))
+
+Opening reads every case once (:func:`unetpp.data.check.inspect`) and raises
+:class:`~unetpp.errors.DataError` listing every problem; then the normalisation statistics
+and the target spacing are planned from that pass. ``data_config()`` is the JSON that a
+run stores, so ``read_input`` prepares new images exactly as training saw them.
+
+Decoded, normalised cases are kept in an in-memory LRU cache (``cache_bytes``, 2 GiB by
+default) so that epochs after the first do not decode files again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import DataError
+from .check import Inspection, inspect, read_case
+from .layouts import CaseFiles
+from .normalize import MODALITIES, apply_normalization, fit_channel, modality_of, scheme_for
+from .resample import needs_resampling, new_shape, resize, target_spacing
+
+DATA_CONFIG_VERSION = 1
+
+
+def data_home() -> Path:
+    """Where ``unetpp data fetch`` keeps samples: ``$UNETPP_DATA`` or ``~/.cache/unetpp/data``."""
+    env = os.environ.get("UNETPP_DATA")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base).expanduser() if base else Path.home() / ".cache") / "unetpp" / "data"
+
+
+@dataclass
+class Case:
+    """One case, ready for the network.
+
+    ``image``: float32 (C, *spatial), normalised, at the dataset's target spacing.
+    ``label``: int64 (*spatial), values 0..K-1 (binary: 0/1), or None (unlabelled).
+    ``meta``: the file's geometry and what :func:`unetpp.data.io.write_mask` needs to write a
+    prediction back onto the original grid (``format``, ``shape``, ``spacing``, ``affine``...).
+    """
+
+    name: str
+    image: np.ndarray
+    label: np.ndarray | None
+    meta: dict[str, Any]
+
+
+class SegDataset:
+    """A dataset folder in one of the supported layouts. Use :func:`open_dataset`."""
+
+    def __init__(self, inspection: Inspection, modality: str | None = None,
+                 ct_window: Sequence[float] | None = None, cache_bytes: int = 2 * 2**30):
+        ins = inspection
+        self.root: Path = ins.scan.root
+        self.layout: str = ins.scan.layout
+        self.info: dict[str, Any] = ins.scan.info
+        self.labels: dict[int, str] = dict(sorted(ins.labels.items()))
+        self.classes: int = 1 if len(self.labels) == 2 else len(self.labels)
+        self._files: dict[str, CaseFiles] = {c.name: c for c in ins.scan.cases}
+        self.case_names: list[str] = sorted(self._files)
+        self.test_inputs: list[CaseFiles] = ins.scan.test_inputs
+        self.fingerprints = ins.fingerprints
+        first = self.fingerprints[self.case_names[0]]
+        self.spatial_dims: int = first["spatial_dims"]
+        self.channels: int = first["channels"]
+        self.channel_names: list[str] = self._channel_names()
+        if modality is not None and modality not in MODALITIES:
+            raise DataError(f"modality {modality!r} is not one of {', '.join(MODALITIES)}")
+        self._modality_override = modality
+        self.modality: str = modality or self._modality(first)
+        split = ins.scan.split
+        self.default_split: dict[str, list[str]] | None = (
+            {k: sorted(v) for k, v in split.items()} if split else None)
+        self.target_spacing: list[float] | None = (
+            target_spacing([fp["spacing"] for fp in self.fingerprints.values()])
+            if self.spatial_dims == 3 else None)
+        self.normalization = self._fit_normalization(ct_window)
+        self._cache: OrderedDict[str, Case] = OrderedDict()
+        self._cache_bytes = int(cache_bytes)
+
+    # ------------------------------------------------------------------------- description
+    def _declared_channels(self) -> dict[str, str] | None:
+        """nnU-Net v2 ``channel_names`` or MSD ``modality``: ``{"0": "CT", ...}``."""
+        names = self.info.get("channel_names") or self.info.get("modality")
+        return names if isinstance(names, dict) else None
+
+    def _channel_names(self) -> list[str]:
+        names = self._declared_channels()
+        if names is not None and len(names) == self.channels:
+            return [str(names[k]) for k in sorted(names, key=lambda k: int(k))]
+        if self.channels == 3:
+            return ["R", "G", "B"]
+        return [f"channel{c}" for c in range(self.channels)]
+
+    def _modality(self, first: dict[str, Any]) -> str:
+        declared = self.info.get("modality")
+        if isinstance(declared, str):            # ours / image folders: {"modality": "ct"}
+            return modality_of(declared) if declared.lower() not in MODALITIES else declared.lower()
+        if self._declared_channels() is not None:
+            return modality_of(self.channel_names[0])
+        if self.layout == "dsb2018":
+            return "microscopy"
+        return "rgb" if self.channels == 3 and first["dtype"] == "uint8" else "other"
+
+    def _fit_normalization(self, ct_window: Sequence[float] | None) -> list[dict[str, Any]]:
+        specs = []
+        dtype = np.dtype(self.fingerprints[self.case_names[0]]["dtype"])
+        dtype_max = float(np.iinfo(dtype).max) if dtype.kind in "ui" else 1.0
+        per_channel = self._declared_channels() is not None and self._modality_override is None
+        for c, cname in enumerate(self.channel_names):
+            # nnU-Net normalises each channel by its own declared modality (CT + MRI inputs)
+            mod = modality_of(cname) if per_channel else self.modality
+            scheme = scheme_for(mod, cname if per_channel else None)
+            fg = None
+            if scheme == "ct":
+                fg = np.concatenate([fp["foreground"][c] for fp in self.fingerprints.values()])
+            specs.append(fit_channel(scheme, foreground=fg, window=ct_window, dtype_max=dtype_max))
+        return specs
+
+    def __len__(self) -> int:
+        return len(self.case_names)
+
+    def __repr__(self) -> str:
+        return (f"SegDataset({str(self.root)!r}, layout={self.layout!r}, cases={len(self)}, "
+                f"dims={self.spatial_dims}, channels={self.channels}, classes={self.classes}, "
+                f"modality={self.modality!r})")
+
+    def data_config(self) -> dict[str, Any]:
+        """The JSON dict stored in ``RUN/config.json["data"]``: all that predict needs to
+        prepare new inputs (layout, modality, channels, labels, normalisation with dataset
+        statistics, target spacing) plus where the data came from."""
+        return {
+            "version": DATA_CONFIG_VERSION,
+            "root": str(self.root),
+            "layout": self.layout,
+            "modality": self.modality,
+            "spatial_dims": self.spatial_dims,
+            "channels": self.channels,
+            "channel_names": list(self.channel_names),
+            "classes": self.classes,
+            "labels": {str(k): v for k, v in self.labels.items()},
+            "normalization": [dict(s) for s in self.normalization],
+            "target_spacing": self.target_spacing,
+            "axes": "zyx" if self.spatial_dims == 3 else "yx",
+            "cases": len(self.case_names),
+        }
+
+    # ------------------------------------------------------------------------- loading
+    def case_shape(self, name: str) -> tuple[int, ...]:
+        """Spatial shape of a case *after* resampling (without reading it)."""
+        fp = self.fingerprints[name]
+        if needs_resampling(fp["spacing"], self.target_spacing):
+            return new_shape(fp["shape"], fp["spacing"], self.target_spacing)
+        return tuple(fp["shape"])
+
+    def load_case(self, name: str) -> Case:
+        """Read (or take from the cache) one case: normalised float32 image, int64 label."""
+        if name in self._cache:
+            self._cache.move_to_end(name)
+            return self._cache[name]
+        if name not in self._files:
+            raise DataError(f"{self.root}: no case named {name!r}")
+        image, label, meta = read_case(self._files[name], self.labels)
+        image, label, meta = prepare(image, label, meta, self.data_config())
+        case = Case(name, image, label, meta)
+        self._remember(case)
+        return case
+
+    def _remember(self, case: Case) -> None:
+        size = case.image.nbytes + (case.label.nbytes if case.label is not None else 0)
+        if size > self._cache_bytes:
+            return
+        self._cache[case.name] = case
+        total = sum(c.image.nbytes + (c.label.nbytes if c.label is not None else 0) for c in self._cache.values())
+        while total > self._cache_bytes and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            total -= old.image.nbytes + (old.label.nbytes if old.label is not None else 0)
+
+    def preload(self, names: Sequence[str] | None = None) -> bool:
+        """Decode cases into the cache now, before DataLoader workers fork (they then share
+        the decoded arrays instead of each decoding every file). Does nothing, and returns
+        False, when the cases would not fit in ``cache_bytes``."""
+        names = list(names if names is not None else self.case_names)
+        need = sum(int(np.prod(self.case_shape(n))) * (4 * self.channels + 8) for n in names)
+        if need > self._cache_bytes:
+            return False
+        for n in names:
+            self.load_case(n)
+        return True
+
+
+def prepare(image: np.ndarray, label: np.ndarray | None, meta: dict[str, Any],
+            config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Resample (volumes, to ``config["target_spacing"]``) and normalise a raw case.
+
+    ``meta`` keeps the original ``shape``/``spacing``/``affine``; ``meta["grid_shape"]`` is
+    the shape the network sees, so :func:`unetpp.data.io.write_mask` can resize back.
+    """
+    meta = dict(meta)
+    target = config.get("target_spacing")
+    shape = tuple(image.shape[1:])
+    if image.ndim == 4 and needs_resampling(meta["spacing"], target):
+        shape = new_shape(shape, meta["spacing"], target)
+        image = resize(image.astype(np.float32), shape, order=1)
+        if label is not None:
+            label = resize(label, shape, order=0)
+        meta["grid_spacing"] = list(target)
+    else:
+        meta["grid_spacing"] = list(meta["spacing"])
+    meta["grid_shape"] = list(shape)
+    meta["classes"] = int(config["classes"])
+    image = apply_normalization(image, config["normalization"])
+    label = None if label is None else np.ascontiguousarray(label, dtype=np.int64)
+    return np.ascontiguousarray(image), label, meta
+
+
+def resolve(path_or_name: str | os.PathLike) -> Path:
+    """A dataset folder, or the name of a fetched sample (``nuclei-2d``)."""
+    p = Path(path_or_name).expanduser()
+    if p.exists():
+        return p
+    name = str(path_or_name)
+    if "/" not in name and os.sep not in name:
+        from .samples import SAMPLES, fetched_location
+
+        if name in SAMPLES:
+            location = fetched_location(name)
+            if location is None:
+                raise DataError(f"{name}: sample not fetched yet; run 'unetpp data fetch {name}'")
+            return location
+    return p
+
+
+def open_dataset(path_or_name: str | os.PathLike, modality: str | None = None,
+                 ct_window: Sequence[float] | None = None, cache_bytes: int = 2 * 2**30) -> SegDataset:
+    """Open and check a dataset folder (any supported layout) or a fetched sample's name.
+
+    Args:
+        path_or_name: a folder, or a sample name such as ``"nuclei-2d"``.
+        modality: override the detected modality (``ct``, ``mri``, ``microscopy``, ``rgb``,
+            ``other``), which selects the normalisation.
+        ct_window: a fixed CT clip window ``(lo, hi)`` in HU instead of the dataset's
+            foreground 0.5/99.5 percentiles.
+        cache_bytes: memory for decoded cases.
+
+    Raises:
+        DataError: one line per problem found in the dataset (see :mod:`unetpp.data.check`).
+    """
+    ins = inspect(resolve(path_or_name))
+    if ins.problems:
+        raise DataError(ins.problems)
+    if not ins.fingerprints:
+        raise DataError(f"{ins.scan.root}: no usable cases")
+    return SegDataset(ins, modality=modality, ct_window=ct_window, cache_bytes=cache_bytes)
