@@ -1,9 +1,214 @@
-"""CLI commands for inference (registered by :mod:`unetpp.cli.app`)."""
+"""``unetpp evaluate``, ``prune``, ``predict`` and ``export``.
+
+Each command raises :class:`~unetpp.errors.UnetppError` / ``ValueError`` for bad input (the
+app prints one line per problem and exits 1). Long work shows a rich progress bar on a
+terminal and plain log lines otherwise (:func:`unetpp.cli.common.interactive`).
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Optional
+
 import typer
+
+from ..errors import UnetppError
+from .common import interactive, log, out
+
+MODE_HELP = "accurate (mean of every head) or fast (one head, --level). Default: prune.json's choice."
+LEVEL_HELP = "Level L of fast mode (the pruned network UNet++ L<L>). Default: prune.json's choice."
+DEVICE_HELP = "auto, cpu, cuda or mps."
+
+
+@contextmanager
+def progress_bar(what: str) -> Iterator[Callable[[int, int, str], None]]:
+    """``update(done, total, item)``: a rich bar on a terminal, a log line per item otherwise."""
+    if interactive():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from .common import err
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), TextColumn("{task.fields[item]}"), console=err,
+                      transient=True) as bar:
+            task = bar.add_task(what, total=None, item="")
+
+            def update(done: int, total: int, item: str) -> None:
+                bar.update(task, completed=done, total=total, item=item)
+
+            yield update
+    else:
+        def update(done: int, total: int, item: str) -> None:
+            log(f"{what}: [{done}/{total}] {item}")
+
+        yield update
+
+
+def _load(run: Path, device: str, batch_size: int = 4):
+    from ..inference.predictor import load
+
+    if batch_size < 1:
+        raise UnetppError(f"--batch-size must be >= 1, got {batch_size}")
+    return load(run, device=device, batch_size=batch_size)
+
+
+def _open(data: str):
+    from ..data import open_dataset
+
+    return open_dataset(data)
+
+
+def _mode_text(mode: str, level: Optional[int]) -> str:
+    return "accurate" if mode == "accurate" else f"fast L{level}"
+
+
+def evaluate(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (from 'unetpp train')."),
+             data: str = typer.Argument(..., metavar="DATA", help="Dataset folder or fetched sample name."),
+             mode: Optional[str] = typer.Option(None, "--mode", help=MODE_HELP),
+             level: Optional[int] = typer.Option(None, "--level", help=LEVEL_HELP),
+             json_file: Optional[str] = typer.Option(None, "--json", metavar="FILE",
+                                                     help="Write the JSON here ('-': print it); a CSV "
+                                                          "goes beside it. Default: RUN/evaluation.json."),
+             tta: bool = typer.Option(False, "--tta", help="Average over mirrored inputs."),
+             batch_size: int = typer.Option(4, "--batch-size", help="Windows/slices per forward pass."),
+             device: str = typer.Option("auto", "--device", help=DEVICE_HELP)) -> None:
+    """Per-case Dice and IoU of RUN on DATA's test cases (else validation, else all).
+
+    Scores are per case (whole image or volume), then averaged; per class for several
+    classes. A class absent from both prediction and reference scores 1 (empty vs empty).
+    """
+    from ..inference.evaluate import evaluate as run_evaluation
+    from ..inference.evaluate import output_paths, write_evaluation
+
+    predictor = _load(run, device, batch_size)
+    mode, level = predictor.resolve(mode, level)
+    ds = _open(data)
+    json_path, csv_path = output_paths(run, json_file)
+    with progress_bar("evaluate") as update:
+        result = run_evaluation(predictor, ds, mode, level, tta=tta, progress=update)
+    write_evaluation(result, json_path, csv_path)
+    if json_file == "-":
+        print(json.dumps(result, indent=2))
+    per_class = "".join(f", {k} {v:.4f}" for k, v in (result.get("classes") or {}).items())
+    log(f"{_mode_text(mode, level)}: dice {result['dice']:.4f}, iou {result['iou']:.4f}{per_class} "
+        f"over {len(result['cases'])} {result['split']} case(s)")
+    log(f"wrote {', '.join(str(p) for p in (json_path, csv_path) if p is not None)}")
+
+
+def prune(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (from 'unetpp train')."),
+          data: str = typer.Argument(..., metavar="DATA", help="Dataset folder or fetched sample name."),
+          tolerance: float = typer.Option(0.5, "--tolerance", metavar="POINTS",
+                                          help="Pick the smallest level within this many IoU points "
+                                               "(0-100 scale) of the best."),
+          repeats: int = typer.Option(10, "--repeats", help="Timed forward passes per level (median)."),
+          tta: bool = typer.Option(False, "--tta", help="Score with mirrored inputs averaged."),
+          batch_size: int = typer.Option(4, "--batch-size", help="Windows/slices per forward pass."),
+          device: str = typer.Option("auto", "--device", help=DEVICE_HELP)) -> None:
+    """Score every level (fast mode) and accurate mode on the validation cases, measure params,
+    FLOPs and latency, choose a level; writes RUN/prune.json and RUN/prune.png."""
+    from rich.table import Table
+
+    from ..inference.prune import prune as run_prune
+
+    if not 0 <= tolerance <= 100:
+        raise UnetppError(f"--tolerance must be between 0 and 100 IoU points, got {tolerance}")
+    if repeats < 1:
+        raise UnetppError(f"--repeats must be >= 1, got {repeats}")
+    predictor = _load(run, device, batch_size)
+    if len(predictor.levels) == 1:
+        log(f"{run}: trained without deep supervision, so it has one head (level "
+            f"{predictor.levels[0]}); measuring it alone, there is nothing to prune")
+    ds = _open(data)
+    with progress_bar("prune") as update:
+        result = run_prune(predictor, ds, tolerance=tolerance, repeats=repeats, tta=tta, progress=update)
+    table = Table("", "IoU %", "Dice %", "params", "MFLOPs", "latency ms",
+                  title=f"{run.name}: {result['cases']} {result['split']} case(s), input "
+                        f"{'x'.join(map(str, result['input_shape'][2:]))} on {result['device']}")
+    rows = [(f"L{k}", v) for k, v in result["levels"].items()]
+    if len(predictor.levels) > 1:
+        rows.append(("accurate", result["accurate"]))
+    chosen = result["chosen"]
+    pick = "accurate" if chosen["mode"] == "accurate" else f"L{chosen['level']}"
+    for name, v in rows:
+        table.add_row(name + (" *" if name == pick else ""), f"{v['iou'] * 100:.2f}", f"{v['dice'] * 100:.2f}",
+                      f"{v['params']:,}", f"{v['flops'] / 1e6:.1f}", f"{v['latency_ms']:.2f}")
+    out.print(table)
+    log(f"chosen: {_mode_text(chosen['mode'], chosen['level'])} (within {tolerance} IoU points of the best); "
+        f"wrote {run / 'prune.json'} and {run / 'prune.png'}")
+
+
+def predict(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (from 'unetpp train')."),
+            inputs: list[str] = typer.Argument(..., metavar="INPUT...",
+                                               help="Image files, folders or glob patterns."),
+            out_dir: Path = typer.Option(..., "--out", help="Folder for the masks."),
+            mode: Optional[str] = typer.Option(None, "--mode", help=MODE_HELP),
+            level: Optional[int] = typer.Option(None, "--level", help=LEVEL_HELP),
+            tta: bool = typer.Option(False, "--tta", help="Average over mirrored inputs."),
+            overlay: bool = typer.Option(False, "--overlay", help="Also write <name>_overlay.png."),
+            probabilities: bool = typer.Option(False, "--probabilities",
+                                               help="Also write float32 probability maps <name>_probs."),
+            onnx: Optional[Path] = typer.Option(None, "--onnx", metavar="FILE",
+                                                help="Run this file from 'unetpp export --format onnx' "
+                                                     "through ONNX Runtime instead of PyTorch."),
+            batch_size: int = typer.Option(4, "--batch-size", help="Windows/slices per forward pass."),
+            device: str = typer.Option("auto", "--device", help=DEVICE_HELP)) -> None:
+    """Segment images and volumes; masks keep the input's format, shape, spacing and affine.
+
+    A failure on one input is reported (one line naming it) and the others still complete;
+    the exit status is then 1.
+    """
+    from ..inference.predict import predict_inputs
+
+    predictor = _load(run, "cpu" if onnx is not None else device, batch_size)
+    ok = {"n": 0}
+
+    def started(total: int, m: str, lv: Optional[int]) -> None:
+        engine = f"ONNX Runtime ({onnx})" if onnx is not None else str(predictor.device)
+        log(f"predict: {total} input(s), {_mode_text(m, lv)}{', tta' if tta else ''}, on {engine}")
+
+    with progress_bar("predict") as update:
+        def step(done: int, total: int, outcome) -> None:
+            ok["n"] += outcome.error is None
+            update(done, total, Path(outcome.input).name + (" (failed)" if outcome.error else ""))
+
+        outcomes = predict_inputs(predictor, inputs, out_dir, mode, level, tta=tta,
+                                  probabilities=probabilities, overlay=overlay,
+                                  onnx=onnx, progress=step, on_start=started)
+    failed = [o.error for o in outcomes if o.error]
+    log(f"wrote {ok['n']} mask(s) to {out_dir}" + (f"; {len(failed)} input(s) failed" if failed else ""))
+    if failed:
+        raise UnetppError(failed)
+
+
+def export(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (from 'unetpp train')."),
+           fmt: str = typer.Option(..., "--format", help="onnx or torchscript."),
+           out_file: Path = typer.Option(..., "--out", metavar="FILE", help="File to write."),
+           mode: Optional[str] = typer.Option(None, "--mode", help=MODE_HELP),
+           level: Optional[int] = typer.Option(None, "--level", help=LEVEL_HELP),
+           opset: int = typer.Option(18, "--opset", help="ONNX opset (>= 17).")) -> None:
+    """Export one mode/level as ONNX or TorchScript: input (N, C, *S) normalised, output
+    probabilities (N, K', *S); batch and spatial sizes dynamic. Checked against PyTorch
+    (max abs diff <= 1e-4) before the file is written."""
+    from ..inference.export import FORMATS
+    from ..inference.export import export as run_export
+
+    if fmt not in FORMATS:
+        raise UnetppError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    predictor = _load(run, "cpu")
+    mode, level = predictor.resolve(mode, level)
+    log(f"export: {_mode_text(mode, level)} as {fmt} ...")
+    info = run_export(predictor.model, fmt, out_file, mode, level, opset=opset)
+    log(f"wrote {out_file} ({fmt}{', opset ' + str(opset) if fmt == 'onnx' else ''}, "
+        f"{_mode_text(mode, level)}, output probabilities; max abs diff vs PyTorch "
+        f"{info['max_abs_diff']:.2e} on inputs {', '.join('x'.join(map(str, s)) for s in info['checked_shapes'])})")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
+    app.command("evaluate")(evaluate)
+    app.command("prune")(prune)
+    app.command("predict")(predict)
+    app.command("export")(export)

@@ -114,33 +114,57 @@ def predict_probabilities(model: nn.Module, image: torch.Tensor, *, levels: Sequ
         ([1, 2, 3, 4], (1, 100, 120))
     """
     cfg = model.config
-    if not isinstance(image, torch.Tensor):
-        image = torch.as_tensor(image)
-    if image.dim() - 1 not in (cfg.dims, 3) or (cfg.dims == 3 and image.dim() != 4):
-        raise ValueError(f"expected an image (C, *S) with {cfg.dims} spatial dims for a {cfg.dims}D "
-                         f"model{' (or 3 for slice-by-slice)' if cfg.dims == 2 else ''}, "
-                         f"got shape {tuple(image.shape)}")
-    if image.shape[0] != cfg.in_channels:
-        raise ValueError(f"the model expects {cfg.in_channels} channel(s), the image has "
-                         f"{image.shape[0]} (shape {tuple(image.shape)})")
     levels = tuple(model.levels) if levels is None else tuple(levels)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     network = _level_network(model, levels)
-    mirror = _mirror_axes(cfg.dims) if tta else [()]
+
+    def probs_of(x: torch.Tensor) -> dict[int, torch.Tensor]:
+        with torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16,
+                            enabled=amp):
+            return {lv: probabilities(logits.float(), cfg.classes) for lv, logits in network(x).items()}
+
+    return predict_with(probs_of, image, dims=cfg.dims, in_channels=cfg.in_channels, levels=levels,
+                        patch_size=patch_size, overlap=overlap, batch_size=batch_size, tta=tta,
+                        device=device)
+
+
+@torch.no_grad()
+def predict_with(network: Callable[[torch.Tensor], dict[int, torch.Tensor]], image: torch.Tensor, *,
+                 dims: int, in_channels: int, levels: Sequence[int],
+                 patch_size: Sequence[int] | None = None, overlap: float = 0.5, batch_size: int = 4,
+                 tta: bool = False, device: str | torch.device = "cpu",
+                 progress: Callable[[int, int], None] | None = None) -> dict[int, torch.Tensor]:
+    """The sliding window, slicing and TTA of :func:`predict_probabilities` around any network.
+
+    ``network(x)`` maps a float32 batch ``(N, C, *patch)`` on ``device`` to
+    ``{level: probabilities (N, K', *patch)}``: a PyTorch model (see
+    :func:`predict_probabilities`) or an exported one (ONNX Runtime, TorchScript).
+    ``progress(done, total)`` is called after each batch of slices (2D model on a volume).
+    """
+    if not isinstance(image, torch.Tensor):
+        image = torch.as_tensor(image)
+    if image.dim() - 1 not in (dims, 3) or (dims == 3 and image.dim() != 4):
+        raise ValueError(f"expected an image (C, *S) with {dims} spatial dims for a {dims}D "
+                         f"model{' (or 3 for slice-by-slice)' if dims == 2 else ''}, "
+                         f"got shape {tuple(image.shape)}")
+    if image.shape[0] != in_channels:
+        raise ValueError(f"the model expects {in_channels} channel(s), the image has "
+                         f"{image.shape[0]} (shape {tuple(image.shape)})")
+    levels = tuple(levels)
+    device = torch.device(device)
+    mirror = _mirror_axes(dims) if tta else [()]
 
     def predictor(x: torch.Tensor) -> dict[int, torch.Tensor]:
         total: dict[int, torch.Tensor] = {}
-        with torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16,
-                            enabled=amp):
-            for axes in mirror:
-                xi = torch.flip(x, axes) if axes else x
-                for lv, logits in network(xi).items():
-                    p = probabilities(logits.float(), cfg.classes)
-                    p = torch.flip(p, axes) if axes else p
-                    total[lv] = p if lv not in total else total[lv] + p
+        for axes in mirror:
+            xi = torch.flip(x, axes) if axes else x
+            for lv, p in network(xi).items():
+                p = p.float()
+                p = torch.flip(p, axes) if axes else p
+                total[lv] = p if lv not in total else total[lv] + p
         return {lv: p / len(mirror) for lv, p in total.items()}
 
-    slice_by_slice = cfg.dims == 2 and image.dim() == 4
+    slice_by_slice = dims == 2 and image.dim() == 4
     # (N, C, *S): one image, or the slices of a volume as a batch of 2D images
     batch = image.permute(1, 0, 2, 3) if slice_by_slice else image.unsqueeze(0)
     spatial = tuple(batch.shape[2:])
@@ -155,6 +179,8 @@ def predict_probabilities(model: nn.Module, image: torch.Tensor, *, levels: Sequ
             out = sliding_window_inference(x, roi, batch_size, predictor, overlap=overlap,
                                            mode="gaussian", sw_device=device, device="cpu")
         chunks.append({lv: p.float().cpu() for lv, p in out.items()})
+        if progress is not None:
+            progress(min(start + step, batch.shape[0]), batch.shape[0])
     result = {lv: torch.cat([c[lv] for c in chunks]) for lv in levels}
     if slice_by_slice:  # (D, K', H, W) -> (K', D, H, W)
         return {lv: p.permute(1, 0, 2, 3).contiguous() for lv, p in result.items()}

@@ -1,0 +1,166 @@
+"""Per-case Dice and IoU of a run on a dataset, in any mode, and which cases to score.
+
+Scores follow :mod:`unetpp.metrics`: computed per case on the whole image or volume (the
+sliding-window engine, as validation during training), then averaged over cases; per class
+1..K-1 for K classes (background is not scored), the foreground for binary tasks.
+**Empty vs empty**: a class absent from both the prediction and the reference scores
+Dice = IoU = 1.0 (a correct "nothing here"); absent from only one of them, 0.0.
+
+**Which cases.** ``evaluate`` scores the run's held-out *test* cases when its split
+(``config.json["split"]``) lists some that the dataset has, else its *validation* cases, else
+every case of the dataset (e.g. a separate test set the run never saw). ``prune`` chooses a
+level on the *validation* cases (never the test cases), else every case. Names in the split
+that the dataset does not have are ignored; if none is there, every case is used.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import DataError
+from ..io import atomic_write_json, atomic_write_text
+from ..metrics import case_scores, mean_scores
+from .engine import probabilities_to_labels
+
+#: ``progress(done, total, case_name)`` after each case.
+Progress = Callable[[int, int, str], None]
+
+PURPOSE_SPLITS = {"evaluate": ("test", "val"), "prune": ("val",)}
+
+
+def select_cases(ds: Any, config: dict[str, Any], purpose: str = "evaluate") -> tuple[list[str], str]:
+    """``(case names, source)`` for ``purpose`` ``"evaluate"`` or ``"prune"``.
+
+    ``source`` is the split key used (``"test"``, ``"val"``) or ``"all"``.
+    """
+    available = list(ds.case_names)
+    have = set(available)
+    split = config.get("split") if isinstance(config.get("split"), dict) else None
+    for key in PURPOSE_SPLITS[purpose]:
+        names = split.get(key) if split else None
+        if isinstance(names, (list, tuple)):
+            chosen = [str(n) for n in names if str(n) in have]
+            if chosen:
+                return chosen, key
+    if not available:
+        raise DataError(f"{getattr(ds, 'root', 'dataset')}: no cases to evaluate")
+    return available, "all"
+
+
+def check_compatible(ds: Any, predictor: Any) -> None:
+    """Refuse a dataset whose channels, classes or dimensionality the run was not trained for."""
+    problems = []
+    root = getattr(ds, "root", "dataset")
+    if getattr(ds, "channels", predictor.in_channels) != predictor.in_channels:
+        problems.append(f"{root}: images have {ds.channels} channel(s); the run was trained on "
+                        f"{predictor.in_channels}")
+    if getattr(ds, "classes", predictor.classes) != predictor.classes:
+        problems.append(f"{root}: labels have {ds.classes} class(es); the run was trained for "
+                        f"{predictor.classes}")
+    sd = getattr(ds, "spatial_dims", None)
+    if sd is not None and sd < predictor.dims:
+        problems.append(f"{root}: {sd}D images; the run is a {predictor.dims}D model")
+    if problems:
+        raise DataError(problems)
+
+
+def score_modes(predictor: Any, ds: Any, names: Sequence[str], modes: Sequence[tuple[str, int | None]],
+                tta: bool = False, progress: Progress | None = None) -> dict[tuple[str, int | None], list[dict[str, Any]]]:
+    """Per-case scores of several ``(mode, level)`` at once.
+
+    All the levels the modes need come from one pass of the network per case (a fast-mode
+    head read from the full network equals the pruned network's output; the engine's tests
+    check it), so scoring L1..L4 and accurate costs one inference per case.
+    """
+    needed = sorted({lv for mode, level in modes for lv in predictor.mode_levels(mode, level)})
+    results: dict[tuple[str, int | None], list[dict[str, Any]]] = {m: [] for m in modes}
+    classes = predictor.classes
+    for done, name in enumerate(names, 1):
+        case = ds.load_case(name)
+        if case.label is None:
+            raise DataError(f"{getattr(ds, 'root', 'dataset')}: case {name} has no label to score against")
+        image = torch.as_tensor(case.image, dtype=torch.float32)
+        probs = predictor.level_probabilities(image, needed, tta=tta)
+        for mode, level in modes:
+            p = torch.stack([probs[lv] for lv in predictor.levels]).mean(0) if mode == "accurate" \
+                else probs[level]
+            labels = probabilities_to_labels(p, classes)
+            scores = case_scores(labels, case.label, classes)
+            results[(mode, level)].append({"case": name, "dice": scores.pop("dice"), "iou": scores.pop("iou"),
+                                           **scores})
+        if progress is not None:
+            progress(done, len(names), name)
+    return results
+
+
+def summarise(mode: str, level: int | None, cases: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """The contract's JSON: ``{"mode", "level", "dice", "iou", "cases": [...]}`` (+ per class)."""
+    means = mean_scores([{k: v for k, v in c.items() if k != "case"} for c in cases])
+    out: dict[str, Any] = {"mode": mode, "level": level, "dice": means.get("dice"), "iou": means.get("iou")}
+    per_class = {k: v for k, v in means.items() if k not in ("dice", "iou")}
+    if per_class:
+        out["classes"] = per_class
+    out.update(extra)
+    out["cases"] = cases
+    return out
+
+
+def evaluate(predictor: Any, ds: Any, mode: str | None = None, level: int | None = None, tta: bool = False,
+             cases: Sequence[str] | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """Score ``predictor`` on ``ds`` (a dataset of :func:`unetpp.data.open_dataset`).
+
+    Returns ``{"mode", "level", "dice", "iou", ["classes": {"dice_1", "iou_1", ...}],
+    "split", "tta", "cases": [{"case", "dice", "iou", ...}, ...]}``; ``level`` is None in
+    accurate mode.
+    """
+    check_compatible(ds, predictor)
+    mode, level = predictor.resolve(mode, level)
+    if cases is None:
+        names, source = select_cases(ds, predictor.config, "evaluate")
+    else:
+        names, source = list(cases), "given"
+    scored = score_modes(predictor, ds, names, [(mode, level)], tta=tta, progress=progress)
+    return summarise(mode, level, scored[(mode, level)], split=source, tta=tta)
+
+
+def cases_csv(result: dict[str, Any]) -> str:
+    """One row per case (case, dice, iou, per-class columns), then a ``mean`` row."""
+    rows = result["cases"]
+    keys = ["case"] + [k for k in (rows[0] if rows else {"dice": 0, "iou": 0}) if k != "case"]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(keys)
+    for r in rows:
+        writer.writerow([r[k] if k == "case" else f"{r[k]:.6f}" for k in keys])
+    means = {"dice": result["dice"], "iou": result["iou"], **(result.get("classes") or {})}
+    writer.writerow(["mean"] + [f"{means[k]:.6f}" if means.get(k) is not None else "" for k in keys[1:]])
+    return buf.getvalue()
+
+
+def write_evaluation(result: dict[str, Any], json_path: str | os.PathLike | None,
+                     csv_path: str | os.PathLike | None) -> None:
+    """Write the JSON and the per-case CSV (each atomically; None skips one)."""
+    if json_path is not None:
+        atomic_write_json(json_path, result)
+    if csv_path is not None:
+        atomic_write_text(csv_path, cases_csv(result))
+
+
+def output_paths(run: str | os.PathLike, json_file: str | None) -> tuple[Path | None, Path]:
+    """``--json FILE``: FILE and FILE.csv beside it; none: ``RUN/evaluation.json`` and ``.csv``.
+
+    ``--json -`` prints the JSON (the caller does) and writes the CSV in RUN.
+    """
+    if json_file is None:
+        return Path(run) / "evaluation.json", Path(run) / "evaluation.csv"
+    if json_file == "-":
+        return None, Path(run) / "evaluation.csv"
+    path = Path(json_file)
+    return path, path.with_suffix(".csv")

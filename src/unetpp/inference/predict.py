@@ -1,0 +1,222 @@
+"""``unetpp predict``: segment files, folders and globs; write masks in the inputs' geometry.
+
+For each input file:
+
+- ``OUT/<name><ext>``: the mask, in the input's format and geometry (same shape, spacing,
+  affine / NRRD space / MHA transform; :func:`unetpp.data.io.write_mask`); label values as
+  trained (binary 2D masks as 0/255, as the 2D datasets store them; 0..K-1 otherwise).
+  A JPG input gets a PNG mask (JPG would blur the labels).
+- ``OUT/<name>_probs<ext>`` with ``probabilities=True``: float32 probability maps
+  ``(K', *S)`` on the input's own grid (``K' = 1``: the foreground probability of a binary
+  model); volumes in the input's format, 2D images as a float32 TIF.
+- ``OUT/<name>_overlay.png`` with ``overlay=True`` (:mod:`.overlay`).
+
+``<name>`` is the file name without its format suffix (and without the ``_0000`` channel
+suffix of nnU-Net multi-channel inputs, whose other channel files are found beside it).
+
+Inputs: a file, a folder (its image files, not recursive; for a multi-channel run only the
+``_0000`` files) or a glob pattern (``"scans/*.nii.gz"``). A folder of DICOM files is one
+series; reading DICOM needs ``pydicom``, and without it that input fails with a one-line
+error. A failure on one input (unreadable file, wrong channel count or dimensionality) is
+recorded with the file's name and the other inputs still complete.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError, UnetppError
+from ..io import atomic_write_bytes
+from .engine import mode_probabilities, probabilities_to_labels
+from .overlay import overlay_png
+
+GLOB_CHARS = set("*?[")
+
+
+@dataclass
+class Outcome:
+    """What happened to one input."""
+
+    input: str
+    outputs: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def _is_dicom(path: Path) -> bool:
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+        return len(head) == 132 and head[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def expand_inputs(inputs: Sequence[str], channels: int = 1) -> tuple[list[Path], list[str]]:
+    """``(files and DICOM folders, problems)`` for the command line's INPUT arguments."""
+    from ..data.formats import SUFFIXES, suffix_of, strip_suffix
+
+    found: list[Path] = []
+    problems: list[str] = []
+
+    def from_folder(folder: Path) -> list[Path]:
+        entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+        files = [p for p in entries if p.is_file()]
+        images = [p for p in files if suffix_of(p) in SUFFIXES]
+        if not images and any(_is_dicom(p) for p in files[:20]):
+            return [folder]  # one DICOM series
+        if channels > 1:
+            images = [p for p in images if not re.search(r"_\d{4}$", strip_suffix(p))
+                      or strip_suffix(p).endswith("_0000")]
+        return images
+
+    for raw in inputs:
+        p = Path(raw).expanduser()
+        if p.is_dir():
+            items = from_folder(p)
+            if not items:
+                problems.append(f"{p}: no image files in this folder (expected {', '.join(SUFFIXES)})")
+            found += items
+        elif p.is_file():
+            found.append(p)
+        elif GLOB_CHARS & set(raw):
+            matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(raw), recursive=True))
+            if not matches:
+                problems.append(f"{raw}: no files match this pattern")
+            for m in matches:
+                found += from_folder(m) if m.is_dir() else [m]
+        else:
+            problems.append(f"{raw}: no such file or folder")
+    unique: list[Path] = []
+    seen: set[Path] = set()
+    for f in found:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique, problems
+
+
+def output_name(path: Path, channels: int) -> tuple[str, str]:
+    """``(name, ext)`` of an input's outputs (see the module docstring)."""
+    from ..data.formats import strip_suffix, suffix_of
+
+    if path.is_dir():
+        return path.name, ".nii.gz"
+    name, ext = strip_suffix(path), suffix_of(path)
+    if channels > 1 and name.endswith("_0000"):
+        name = name[:-5]
+    if ext in (".jpg", ".jpeg"):
+        ext = ".png"
+    if ext == ".mhd":
+        ext = ".mha"
+    return name, ext
+
+
+def _dicom_error(folder: Path) -> UnetppError:
+    try:
+        import pydicom  # noqa: F401
+    except ImportError:
+        return DataError(f"{folder}: a DICOM series; reading DICOM needs pydicom, which is not "
+                         "installed (pip install pydicom), or convert the series to NIfTI "
+                         "(e.g. with dcm2niix)")
+    return DataError(f"{folder}: DICOM series are not supported yet; convert the series to NIfTI "
+                     "(e.g. with dcm2niix)")
+
+
+def write_probabilities(path: Path, probs: np.ndarray, meta: dict[str, Any]) -> Path:
+    """float32 ``(K', *grid)`` -> the input's own grid, written as the input's format
+    (volumes) or as a float32 TIF (2D)."""
+    from ..data.formats import write_file
+    from ..data.resample import resize
+
+    shape = tuple(meta["shape"])
+    probs = resize(probs.astype(np.float32, copy=False), shape, order=1)
+    return write_file(path, np.ascontiguousarray(probs, dtype=np.float32), meta)
+
+
+def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike, mode: str | None = None,
+                   level: int | None = None, tta: bool = False, probabilities: bool = False,
+                   overlay: bool = False, onnx: str | os.PathLike | None = None,
+                   progress: Callable[[int, int, Outcome], None] | None = None,
+                   on_start: Callable[[int, str, int | None], None] | None = None) -> list[Outcome]:
+    """Predict every input; one :class:`Outcome` each (``error`` set for a failed input).
+
+    ``on_start(total, mode, level)`` is called once the inputs are known,
+    ``progress(done, total, outcome)`` after each input.
+    Raises :class:`UnetppError` before any work for problems that concern every input (bad
+    mode/level, an ONNX file that does not fit the run, no input found at all).
+    """
+    from ..data.io import write_mask
+
+    out = Path(out)
+    network = None
+    if onnx is not None:
+        from .export import OnnxNetwork
+
+        network = OnnxNetwork(onnx)
+        network.check(predictor, mode, level)
+        mode, level = network.mode, network.level
+        levels = network.levels()
+    else:
+        mode, level = predictor.resolve(mode, level)
+        levels = predictor.mode_levels(mode, level)
+    files, problems = expand_inputs(inputs, predictor.in_channels)
+    if not files:
+        raise UnetppError(problems or ["no inputs"])
+    # an INPUT that matched nothing is a failed input too (reported, the others still run)
+    outcomes = [Outcome(problem.split(":", 1)[0], error=problem) for problem in problems]
+    if on_start is not None:
+        on_start(len(files), mode, level)
+    out.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    for done, path in enumerate(files, 1):
+        outcome = Outcome(str(path))
+        try:
+            if path.is_dir():
+                raise _dicom_error(path)
+            image, meta = predictor.read(path)
+            if network is not None:
+                probs = predictor.level_probabilities(image, levels, tta=tta, network=network)[levels[0]]
+            else:
+                probs = mode_probabilities(predictor.level_probabilities(image, levels, tta=tta), mode, level)
+            labels = probabilities_to_labels(probs, predictor.classes).numpy()
+            name, ext = output_name(path, predictor.in_channels)
+            base, k = name, 1
+            while name in used:  # two inputs with the same name from different folders
+                name, k = f"{base}_{k}", k + 1
+            used.add(name)
+            outcome.outputs.append(str(write_mask(out / f"{name}{ext}", labels, meta)))
+            if probabilities:
+                pext = ext if len(meta["shape"]) == 3 else ".tif"
+                outcome.outputs.append(str(write_probabilities(out / f"{name}_probs{pext}", probs.numpy(), meta)))
+            if overlay:
+                outcome.outputs.append(str(atomic_write_bytes(out / f"{name}_overlay.png",
+                                                              overlay_png(image.numpy(), labels))))
+        except UnetppError as e:
+            outcome.error = _name_file(path, "; ".join(e.problems))
+        except (ValueError, OSError) as e:
+            outcome.error = _name_file(path, str(e) or type(e).__name__)
+        except Exception as e:  # noqa: BLE001 - one input's failure must not stop the others
+            outcome.error = _name_file(path, f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")
+        outcomes.append(outcome)
+        if progress is not None:
+            progress(done, len(files), outcome)
+    return outcomes
+
+
+def _name_file(path: Path, message: str) -> str:
+    message = message.splitlines()[0] if message else "failed"
+    return message if str(path) in message else f"{path}: {message}"
+
+
+__all__ = ["Outcome", "expand_inputs", "output_name", "predict_inputs", "write_probabilities"]

@@ -1,0 +1,199 @@
+"""``unetpp prune``: the paper's trade-off of accuracy against cost, level by level.
+
+For every level L of a deep-supervised run, fast mode (the network ``model.prune(L)``, which
+holds and runs only the nodes X^{i,j} with i + j <= L) and accurate mode (every head,
+averaged) are scored on the validation cases (:func:`unetpp.inference.evaluate.select_cases`,
+per case on whole images/volumes through the engine) and measured: parameters
+(``count_parameters``), forward FLOPs (:func:`unetpp.models.summary.count_flops`, counted on
+the meta device) and latency (median of ``repeats`` timed forward passes of the pruned
+network on one patch-sized input, after ``warmup`` untimed passes; at most ``repeats`` passes,
+at least 3, fewer than ``repeats`` once 30 s have been spent timing).
+
+**Choice.** Among all candidates (levels and accurate), the best IoU sets the bar; the
+smallest level whose IoU is within ``tolerance`` IoU points (0-100 scale) of it is chosen.
+If only accurate mode is within tolerance, accurate is chosen. A run without deep
+supervision has one head: it is measured, and chosen.
+
+``RUN/prune.json``::
+
+    {"levels": {"1": {"iou", "dice", "params", "flops", "latency_ms"}, ...},
+     "accurate": {"iou", "dice", "params", "flops", "latency_ms"},
+     "chosen": {"mode": "fast" | "accurate", "level": L | null},
+     "tolerance": 0.5, "cases": N, "split": "val" | "all", "input_shape": [1, C, *patch],
+     "device": "cpu", "repeats": 10}
+
+IoU and Dice are means over cases on a 0-1 scale (as ``evaluate``); ``tolerance`` is in IoU
+points (0-100). ``chosen.level`` is null in accurate mode. ``prune.png`` plots IoU (%)
+against latency and against parameters, one labelled point per level plus accurate.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..io import atomic_write_bytes, atomic_write_json
+from ..models import build_model, count_parameters
+from ..models.summary import count_flops
+from ..run import PRUNE
+from .evaluate import Progress, check_compatible, score_modes, select_cases, summarise
+
+DEFAULT_PATCH = {2: (256, 256), 3: (96, 96, 96)}
+
+
+def measure_latency(nets: dict[str, Callable[[torch.Tensor], Any]], x: torch.Tensor, repeats: int = 10,
+                    warmup: int = 2, budget_s: float = 30.0, min_repeats: int = 3) -> dict[str, float]:
+    """Median wall time in ms of ``net(x)`` for each of ``nets``, after ``warmup`` runs each.
+
+    The timed passes go round-robin over the networks (pass r of every network, then pass
+    r + 1), so a change in machine load during the measurement hits every network alike
+    instead of biasing the ones measured last. ``repeats`` rounds at most; after
+    ``min_repeats`` rounds, no new round starts once ``budget_s`` seconds have been spent
+    timing (a full-size network on a CPU takes seconds per pass).
+    """
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+    times: dict[str, list[float]] = {k: [] for k in nets}
+    spent = 0.0
+    with torch.inference_mode():
+        for net in nets.values():
+            for _ in range(max(0, warmup)):
+                net(x)
+        sync()
+        for r in range(max(1, repeats)):
+            if r >= max(1, min_repeats) and spent > budget_s:
+                break
+            for key, net in nets.items():
+                t0 = time.perf_counter()
+                net(x)
+                sync()
+                dt = time.perf_counter() - t0
+                spent += dt
+                times[key].append(dt * 1000.0)
+    return {k: float(statistics.median(v)) for k, v in times.items()}
+
+
+def measure_costs(model: nn.Module, input_shape: Sequence[int], device: torch.device,
+                  repeats: int = 10, warmup: int = 2) -> dict[str, dict[str, float]]:
+    """``{"1": {"params", "flops", "latency_ms"}, ..., "accurate": {...}}`` for ``model``."""
+    shape = tuple(int(s) for s in input_shape)
+    with torch.device("meta"):
+        meta = build_model(model.config)
+    x = torch.randn(shape, device=device)
+    nets: dict[str, nn.Module] = {str(level): model.prune(level) for level in model.levels}
+    nets["accurate"] = model
+    out = {key: {"params": count_parameters(net),
+                 "flops": count_flops(meta if key == "accurate" else meta.prune(int(key)), shape)}
+           for key, net in nets.items()}
+    for key, ms in measure_latency(nets, x, repeats, warmup).items():
+        out[key]["latency_ms"] = ms
+    return out
+
+
+def choose(scores: dict[str, dict[str, float]], tolerance: float) -> dict[str, Any]:
+    """Smallest level within ``tolerance`` IoU points of the best candidate (else accurate)."""
+    best = max(s["iou"] for s in scores.values()) * 100.0
+    eps = 1e-9
+    levels = sorted(int(k) for k in scores if k != "accurate")
+    for level in levels:
+        if best - scores[str(level)]["iou"] * 100.0 <= tolerance + eps:
+            return {"mode": "fast", "level": level}
+    return {"mode": "accurate", "level": None}
+
+
+def prune(predictor: Any, ds: Any, tolerance: float = 0.5, repeats: int = 10, warmup: int = 2,
+          tta: bool = False, progress: Progress | None = None,
+          write_to: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Score and measure every level and accurate mode; choose; write prune.json/png.
+
+    ``write_to``: the run folder to write ``prune.json`` and ``prune.png`` into (default the
+    predictor's run; None and no run: nothing written).
+    """
+    if not 0 <= tolerance <= 100:
+        raise ValueError(f"--tolerance must be between 0 and 100 IoU points, got {tolerance}")
+    check_compatible(ds, predictor)
+    model = predictor.model
+    names, source = select_cases(ds, predictor.config, "prune")
+    multi = len(predictor.levels) > 1
+    modes: list[tuple[str, int | None]] = [("fast", lv) for lv in predictor.levels]
+    if multi:
+        modes.append(("accurate", None))
+    scored = score_modes(predictor, ds, names, modes, tta=tta, progress=progress)
+    patch = predictor.patch_size or DEFAULT_PATCH[predictor.dims]
+    input_shape = (1, predictor.in_channels, *patch)
+    costs = measure_costs(model, input_shape, predictor.device, repeats, warmup)
+
+    def entry(mode: str, level: int | None, key: str) -> dict[str, Any]:
+        s = summarise(mode, level, scored[(mode, level)])
+        e = {"iou": s["iou"], "dice": s["dice"], **costs[key]}
+        if s.get("classes"):
+            e["classes"] = s["classes"]
+        return e
+
+    levels = {str(lv): entry("fast", lv, str(lv)) for lv in predictor.levels}
+    accurate = entry("accurate", None, "accurate") if multi else dict(levels[str(predictor.levels[-1])])
+    candidates = {**levels, "accurate": accurate} if multi else dict(levels)
+    chosen = choose(candidates, tolerance)
+    result = {"levels": levels, "accurate": accurate, "chosen": chosen, "tolerance": tolerance,
+              "cases": len(names), "split": source, "input_shape": list(input_shape),
+              "device": str(predictor.device), "repeats": repeats, "tta": tta}
+    folder = write_to if write_to is not None else predictor.run
+    if folder is not None:
+        write_prune(folder, result, title=Path(folder).name)
+    return result
+
+
+def plot(result: dict[str, Any], title: str = "") -> bytes:
+    """``prune.png``: IoU (%) vs latency (ms) and vs parameters, one labelled point per level."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    levels = sorted(result["levels"], key=int)
+    points = [(f"L{k}", result["levels"][k]) for k in levels]
+    if len(levels) > 1:
+        points.append(("accurate", result["accurate"]))
+    chosen = result["chosen"]
+    chosen_label = "accurate" if chosen["mode"] == "accurate" else f"L{chosen['level']}"
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    for ax, key, xlabel in ((axes[0], "latency_ms", "latency (ms, median)"),
+                            (axes[1], "params", "parameters")):
+        xs = [p[key] for _, p in points[: len(levels)]]
+        ys = [p["iou"] * 100 for _, p in points[: len(levels)]]
+        ax.plot(xs, ys, "-", color="tab:blue", alpha=0.5, zorder=1)
+        for label, p in points:
+            mine = label == chosen_label
+            ax.scatter([p[key]], [p["iou"] * 100], s=80 if mine else 40, zorder=2,
+                       color="tab:red" if mine else ("tab:gray" if label == "accurate" else "tab:blue"),
+                       marker="*" if mine else ("s" if label == "accurate" else "o"))
+            ax.annotate(label + (" (chosen)" if mine else ""), (p[key], p["iou"] * 100),
+                        textcoords="offset points", xytext=(5, 5), fontsize=9)
+        if key == "params":
+            ax.set_xscale("log")
+        ax.margins(x=0.2, y=0.1)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("IoU (%)")
+        ax.grid(True, alpha=0.3)
+    shape = "x".join(map(str, result.get("input_shape", [])[2:]))
+    fig.suptitle(f"{title}: IoU on {result['cases']} {result.get('split', '')} case(s) vs cost "
+                 f"(input {shape}, {result.get('device', '')}); tolerance {result['tolerance']} IoU points")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_prune(run: str | os.PathLike, result: dict[str, Any], title: str = "") -> None:
+    """``RUN/prune.png`` then ``RUN/prune.json`` (each atomic; the JSON last, as the marker)."""
+    run = Path(run)
+    atomic_write_bytes(run / "prune.png", plot(result, title))
+    atomic_write_json(run / PRUNE, result)
