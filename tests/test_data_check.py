@@ -139,6 +139,7 @@ def test_unknown_layout_and_missing_folder(tmp_path):
 
 def test_channel_count_differs_across_cases(folders):
     rgb = np.zeros((3, 24, 24), np.uint8)
+    rgb[:, :12] = 200  # not blank (a blank image with a mask is a problem of its own)
     write_file(folders / "images" / "case_002.png", rgb, {})
     only(problems_of(folders), "images/case_002.png: 3 channels, while 2 other case(s) have 1")
 

@@ -71,3 +71,16 @@ def test_properties(a, data):
     assert dice_iou(b, a) == (d, i)                  # symmetric
     assert d == pytest.approx(2 * i / (1 + i))       # Dice = 2 IoU / (1 + IoU)
     assert (d == 1.0) == bool(np.array_equal(a, b))  # perfect only when equal
+
+
+def test_class_absent_from_both_scores_one_and_tensors_are_accepted():
+    import torch
+
+    ref = torch.tensor([[0, 1], [1, 0]])
+    pred = torch.tensor([[0, 1], [0, 0]])
+    s = case_scores(pred, ref, classes=3)  # class 2 in neither: a correct "nothing here"
+    assert s["dice_2"] == 1.0 and s["iou_2"] == 1.0
+    # class 1: P={1}, R={1,2}: dice 2/3, iou 1/2; means over classes 1 and 2
+    assert s["dice_1"] == pytest.approx(2 / 3) and s["iou_1"] == pytest.approx(1 / 2)
+    assert s["dice"] == pytest.approx((2 / 3 + 1) / 2) and s["iou"] == pytest.approx(3 / 4)
+    assert case_scores(torch.zeros(3, 3), torch.zeros(3, 3), classes=1) == {"dice": 1.0, "iou": 1.0}

@@ -76,6 +76,8 @@ def read_json(path: str | os.PathLike, max_bytes: int = 16 * 2**20) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RunError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise RunError(f"{path}: not valid JSON (nested too deeply)") from None
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],

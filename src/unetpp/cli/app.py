@@ -38,19 +38,56 @@ for module in (commands_models, commands_data, commands_train, commands_inferenc
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``unetpp`` script."""
+    """Entry point of the ``unetpp`` script.
+
+    Every failure ends in one line per problem on stderr and exit status 1 (130 for Ctrl-C),
+    never a traceback, unless ``--debug`` is given: errors about the input (UnetppError,
+    ValueError), the file system (a missing or unwritable path, a full disk), memory, and
+    even unexpected ones (reported as a probable bug, with the hint to use ``--debug``).
+    """
     from ..errors import UnetppError
 
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 must not crash a print
+        try:
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            pass
     try:
         app(args=argv, standalone_mode=True)
     except SystemExit:
         raise
     except KeyboardInterrupt:
         fail("interrupted", code=130)
-    except (UnetppError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
+    except Exception as e:  # noqa: BLE001 - the CLI's one place that turns errors into lines
         if debug:
             raise
-        problems = e.problems if isinstance(e, UnetppError) else [str(e)]
-        fail(problems)
+        fail(error_lines(e))
+
+
+def error_lines(e: BaseException) -> list[str]:
+    """One line per problem for any exception (see :func:`main`)."""
+    import errno
+
+    import torch
+
+    from ..errors import UnetppError
+
+    if isinstance(e, UnetppError):
+        return e.problems
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        return ["the GPU ran out of memory; use a smaller --batch-size or --patch-size, or --device cpu"]
+    if isinstance(e, MemoryError):
+        return ["out of memory; use smaller inputs, a smaller --batch-size or --patch-size"]
+    if isinstance(e, OSError):
+        where = e.filename if e.filename is not None else ""
+        what = e.strerror or str(e)
+        if e.errno == errno.ENOSPC:
+            what += " (files already written are complete: every file is written atomically)"
+        return [f"{where}: {what}" if where else what]
+    if isinstance(e, ValueError):
+        return [line for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+    detail = " ".join(str(e).split())[:300]
+    return [f"unexpected {type(e).__name__}: {detail} (probably a bug in unetpp: run again with --debug "
+            "for the traceback and please report it)"]

@@ -86,6 +86,10 @@ def _mask_to_labels(mask: np.ndarray, path: Path, labels: dict[int, str], lossy:
     thresholded at 128 because JPG compression smears the 0/255 edges.
     """
     binary = len(labels) == 2
+    if mask.ndim == 4 and mask.shape[0] > 1:  # a 4D NIfTI/NRRD: frames or channels, not labels
+        problems.append(f"{path}: a 4D mask ({mask.shape[0]} volumes of {tuple(mask.shape[1:])}); a mask "
+                        "must be one 3D label map")
+        return None
     if mask.shape[0] > 1:
         if not binary and not all(np.array_equal(mask[0], m) for m in mask[1:]):
             problems.append(f"{path}: colour mask with different channels; multi-class masks must "
@@ -154,6 +158,7 @@ def read_case(case: CaseFiles, labels: dict[int, str]) -> tuple[np.ndarray, np.n
     if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
         n = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
         problems.append(f"{case.images[0]}: {n} NaN/Inf values in the image")
+    blank = image.size > 0 and not problems and bool(np.all(image == image.flat[0]))
     label = None
     label_files = [case.label] if case.label is not None else list(case.instance_masks)
     if label_files:
@@ -174,6 +179,11 @@ def read_case(case: CaseFiles, labels: dict[int, str]) -> tuple[np.ndarray, np.n
             # DSB 2018: one file per nucleus, merged into one binary mask
             merged = lab if merged is None else np.maximum(merged, lab)
         label = merged
+    if blank and label is not None and np.any(label > 0):
+        value = image.flat[0].item()
+        problems.append(f"{case.images[0]}: blank image (every pixel is {value:g}) but its mask "
+                        f"marks {int(np.count_nonzero(label))} foreground pixel(s); a wrong or "
+                        "empty image file?")
     if problems:
         raise DataError(problems)
     meta["label_source"] = [str(p) for p in label_files]
@@ -214,8 +224,24 @@ def inspect(path: str | Path, read: bool = True) -> Inspection:
             problems += e.problems
             continue
         result.fingerprints[case.name] = fingerprint(image, label, meta)
+    _check_declared_channels(result)
     _check_consistency(result)
     return result
+
+
+def _check_declared_channels(result: Inspection) -> None:
+    """nnU-Net ``channel_names`` / MSD ``modality``: every case must have that many channels
+    (a 4D file where a 3D one is expected shows up here)."""
+    declared = result.scan.info.get("channel_names") or result.scan.info.get("modality")
+    if not isinstance(declared, dict) or not declared:
+        return
+    for name in list(result.fingerprints):
+        fp = result.fingerprints[name]
+        if fp["channels"] != len(declared):
+            result.problems.append(f"{fp['source']}: {fp['channels']} channel(s), but dataset.json declares "
+                                   f"{len(declared)} ({', '.join(map(str, declared.values()))}); a 4D file "
+                                   "where a 3D volume is expected?")
+            del result.fingerprints[name]
 
 
 def _check_consistency(result: Inspection) -> None:

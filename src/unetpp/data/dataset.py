@@ -217,6 +217,7 @@ def prepare(image: np.ndarray, label: np.ndarray | None, meta: dict[str, Any],
     shape = tuple(image.shape[1:])
     if image.ndim == 4 and needs_resampling(meta["spacing"], target):
         shape = new_shape(shape, meta["spacing"], target)
+        _check_grid(meta, shape, image.shape[0], target)
         image = resize(image.astype(np.float32), shape, order=1)
         if label is not None:
             label = resize(label, shape, order=0)
@@ -228,6 +229,100 @@ def prepare(image: np.ndarray, label: np.ndarray | None, meta: dict[str, Any],
     image = apply_normalization(image, config["normalization"])
     label = None if label is None else np.ascontiguousarray(label, dtype=np.int64)
     return np.ascontiguousarray(image), label, meta
+
+
+def _check_grid(meta: dict[str, Any], shape: Sequence[int], channels: int, target: Sequence[float]) -> None:
+    """Refuse a resampled grid larger than the readers' limit (a tiny target spacing, or a
+    file whose spacing is far from the training data's, would otherwise exhaust memory)."""
+    from .formats import max_voxels
+
+    count = int(np.prod([int(n) for n in shape], dtype=np.float64)) * int(channels)
+    if count > max_voxels():
+        source = (meta.get("source") or ["image"])[0]
+        raise DataError(f"{source}: resampling from spacing {list(meta['spacing'])} to the training spacing "
+                        f"{list(target)} would give {tuple(shape)} voxels, more than the "
+                        f"{max_voxels():,} allowed (UNETPP_MAX_VOXELS)")
+
+
+def check_data_config(data: Any, *, channels: int | None = None, classes: int | None = None,
+                      dims: int | None = None) -> list[str]:
+    """Problems of a run's ``config.json["data"]`` (what :func:`unetpp.data.io.read_input` and
+    ``write_mask`` trust): one line each; [] when usable.
+
+    ``channels``/``classes``/``dims`` are the model's: the data config must agree with them.
+    An empty section (a run made from arrays, not a dataset) is allowed.
+    """
+    if data is None or data == {}:
+        return []
+    if not isinstance(data, dict):
+        return [f"\"data\" must be an object, got {type(data).__name__}"]
+    p: list[str] = []
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def finite(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+    for key, want in (("channels", channels), ("classes", classes), ("spatial_dims", None)):
+        if key not in data:
+            continue
+        v = data[key]
+        if not is_int(v) or not 1 <= v <= 256:
+            p.append(f"data.{key} must be an integer in 1..256, got {v!r}")
+        elif want is not None and v != want:
+            p.append(f"data.{key} is {v}, the model's is {want}")
+    sd = data.get("spatial_dims")
+    if "spatial_dims" in data and sd not in (2, 3):
+        p.append(f"data.spatial_dims must be 2 or 3, got {sd!r}")
+    elif dims == 3 and sd == 2:
+        p.append("data.spatial_dims is 2 but the model is 3D")
+    ts = data.get("target_spacing")
+    if ts is not None:
+        if (not isinstance(ts, list) or len(ts) != (sd if sd in (2, 3) else len(ts)) or not ts
+                or not all(finite(x) and 1e-3 <= x <= 1e3 for x in ts)):
+            p.append(f"data.target_spacing must be null or {sd or 'N'} numbers in [0.001, 1000] (mm), got {ts!r}")
+    norm = data.get("normalization")
+    if norm is not None:
+        n = data.get("channels") if is_int(data.get("channels")) else channels
+        if not isinstance(norm, list) or (n is not None and len(norm) != n):
+            p.append(f"data.normalization must be a list of one spec per channel ({n}), got {norm!r}"[:300])
+        else:
+            for i, spec in enumerate(norm):
+                why = _bad_norm_spec(spec)
+                if why:
+                    p.append(f"data.normalization[{i}]: {why}")
+    labels = data.get("labels")
+    if labels is not None and (not isinstance(labels, dict) or len(labels) > 257
+                               or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())):
+        p.append("data.labels must be an object {\"0\": \"background\", ...} of at most 257 names")
+    return p
+
+
+def _bad_norm_spec(spec: Any) -> str | None:
+    if not isinstance(spec, dict):
+        return f"expected an object, got {type(spec).__name__}"
+    scheme = spec.get("scheme")
+
+    def num(key: str, positive: bool = False) -> bool:
+        v = spec.get(key)
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+        return ok and (v > 0 if positive else True)
+
+    if scheme == "ct":
+        clip = spec.get("clip")
+        if (not isinstance(clip, list) or len(clip) != 2 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in clip)
+                or clip[0] > clip[1]):
+            return f"ct needs \"clip\": [lo, hi] with lo <= hi, got {clip!r}"
+        if not num("mean") or not num("std", positive=True):
+            return "ct needs a finite \"mean\" and a \"std\" > 0"
+    elif scheme == "scale":
+        if not num("divide", positive=True):
+            return f"scale needs \"divide\" > 0, got {spec.get('divide')!r}"
+    elif scheme not in ("zscore", "none"):
+        return f"unknown scheme {scheme!r} (ct, zscore, scale, none)"
+    return None
 
 
 def resolve(path_or_name: str | os.PathLike) -> Path:

@@ -69,6 +69,97 @@ def format_of(path: str | os.PathLike) -> str:
             ".tiff": "tif"}.get(s, "")
 
 
+# ----------------------------------------------------------------------------------- limits
+
+#: Largest image a reader decodes, in elements (voxels x channels): 2**30 (a 1024^3 volume,
+#: 4 GiB as float32) unless ``UNETPP_MAX_VOXELS`` says otherwise. Checked against what the
+#: file's *header* declares, before anything is allocated, so a header that claims an
+#: enormous image with a tiny body is refused at once instead of exhausting memory.
+DEFAULT_MAX_VOXELS = 2**30
+#: Compressed volumes declaring more than this many bytes are first checked to really hold
+#: that much data (a streaming pass that keeps nothing) before the decoder allocates it.
+STREAM_CHECK_BYTES = 256 * 2**20
+
+
+def max_voxels() -> int:
+    """The decoding limit in elements (``UNETPP_MAX_VOXELS``, default 2**30)."""
+    raw = os.environ.get("UNETPP_MAX_VOXELS", "")
+    try:
+        value = int(float(raw)) if raw.strip() else DEFAULT_MAX_VOXELS
+    except ValueError:
+        raise DataError(f"UNETPP_MAX_VOXELS={raw!r}: expected a number of voxels") from None
+    return max(1, value)
+
+
+def _check_declared(path: Path, shape: Any, what: str = "header") -> int:
+    """Refuse a declared shape that is invalid or larger than :func:`max_voxels`."""
+    dims = [int(n) for n in shape]
+    if any(n < 0 for n in dims):
+        raise DataError(f"{path}: the {what} declares a negative size {tuple(dims)}")
+    count = 1
+    for n in dims:
+        count *= n
+    if count == 0:
+        raise DataError(f"{path}: the {what} declares an empty image {tuple(dims)}")
+    limit = max_voxels()
+    if count > limit:
+        raise DataError(f"{path}: the {what} declares {' x '.join(map(str, dims))} = {count:,} elements, "
+                        f"more than the {limit:,} allowed (set UNETPP_MAX_VOXELS to raise the limit); "
+                        "refused before reading")
+    return count
+
+
+def _check_real(path: Path, dtype: Any) -> None:
+    """Only real numbers (ints, floats, bools) are image data; refuse complex, text, records."""
+    dt = np.dtype(dtype)
+    if dt.kind == "c":
+        raise DataError(f"{path}: complex-valued data ({dt}); expected real intensities "
+                        "(save the magnitude image instead)")
+    if dt.kind not in "biuf":
+        raise DataError(f"{path}: data of type {dt} is not numeric image data")
+
+
+def _check_geometry(path: Path, meta: dict[str, Any]) -> None:
+    """Voxel spacing must be finite and positive, the affine finite."""
+    spacing = meta.get("spacing")
+    if spacing is not None:
+        s = np.asarray(spacing, dtype=np.float64)
+        if not np.all(np.isfinite(s)) or np.any(s <= 0):
+            raise DataError(f"{path}: invalid voxel spacing {[float(x) for x in s]} in the header "
+                            "(must be finite and > 0); fix the file's header")
+    affine = meta.get("affine")
+    if affine is not None and not np.all(np.isfinite(np.asarray(affine, dtype=np.float64))):
+        raise DataError(f"{path}: the header's affine (orientation/origin) holds NaN or Inf values")
+
+
+def _gzip_holds(path: Path, needed: int) -> int:
+    """How many bytes (up to ``needed``) the gzip file decompresses to, keeping nothing."""
+    got = 0
+    with gzip.open(path, "rb") as f:
+        while got < needed:
+            chunk = f.read(min(4 * 2**20, needed - got))
+            if not chunk:
+                break
+            got += len(chunk)
+    return got
+
+
+def _missing_path_error(path: Path) -> DataError:
+    """Why ``path`` is not a readable file: missing, a folder, a broken or looping link."""
+    if path.is_symlink():
+        try:
+            os.stat(path)
+        except OSError as e:
+            if e.errno == getattr(__import__("errno"), "ELOOP", -1):
+                return DataError(f"{path}: symbolic link loop")
+            return DataError(f"{path}: broken symbolic link (to {os.readlink(path)})")
+    if path.is_dir():
+        return DataError(f"{path}: a folder, expected an image file")
+    if path.exists():
+        return DataError(f"{path}: not a regular file")
+    return DataError(f"{path}: file not found")
+
+
 # ----------------------------------------------------------------------------------- reading
 
 def read_file(path: str | os.PathLike, mask: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
@@ -84,16 +175,23 @@ def read_file(path: str | os.PathLike, mask: bool = False) -> tuple[np.ndarray, 
         raise DataError(f"{path}: unsupported file type {path.suffix or '(none)'}; "
                         f"expected one of {', '.join(SUFFIXES)}")
     if not path.is_file():
-        raise DataError(f"{path}: file not found")
+        raise _missing_path_error(path)
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes)")
     try:
         reader = {"nifti": _read_nifti, "nrrd": _read_nrrd, "mha": _read_mha, "tif": _read_tif}
         array, meta = _read_pil(path, mask) if fmt in ("png", "jpg", "bmp") else reader[fmt](path)
     except DataError:
         raise
+    except MemoryError:
+        raise DataError(f"{path}: not enough memory to decode this {fmt} file") from None
     except Exception as e:  # noqa: BLE001 - any decoder failure means a bad or truncated file
-        raise DataError(f"{path}: unreadable or truncated {fmt} file ({type(e).__name__}: {e})") from None
+        detail = " ".join(str(e).split())[:300]  # one line, whatever the decoder said
+        raise DataError(f"{path}: unreadable or truncated {fmt} file ({type(e).__name__}: {detail})") from None
+    _check_real(path, array.dtype)
     meta = {"format": fmt, "source": [str(path)], **meta, "shape": list(array.shape[1:])}
     meta.setdefault("spacing", [1.0] * (array.ndim - 1))
+    _check_geometry(path, meta)
     return array, meta
 
 
@@ -109,9 +207,20 @@ def _channels_first_2d(a: np.ndarray) -> np.ndarray:
 
 
 def _read_pil(path: Path, mask: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    import warnings
+
     from PIL import Image
 
-    with Image.open(path) as im:
+    with warnings.catch_warnings():
+        # our own limit (max_voxels) applies; Pillow's bomb *warning* would only be noise
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(path)
+        except Image.DecompressionBombError as e:
+            raise DataError(f"{path}: the header declares an enormous image, refused before decoding "
+                            f"(Pillow's decompression-bomb limit: {e})") from None
+    with im:
+        _check_declared(path, (im.size[1], im.size[0], len(im.getbands())))
         im.load()  # decode now so a truncated file fails here
         mode = im.mode
         if mode == "P" and mask:  # palette masks: the indices are the label values
@@ -128,7 +237,25 @@ def _read_pil(path: Path, mask: bool = False) -> tuple[np.ndarray, dict[str, Any
 def _read_tif(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     import tifffile
 
-    a = tifffile.imread(path)
+    import logging
+
+    log = logging.getLogger("tifffile")  # its warnings about odd tags would only be noise:
+    level = log.level                    # a bad file fails below with one clear line
+    log.setLevel(logging.CRITICAL)
+    try:
+        return _read_tif_quiet(path, tifffile)
+    finally:
+        log.setLevel(level)
+
+
+def _read_tif_quiet(path: Path, tifffile: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    with tifffile.TiffFile(path) as tf:
+        if not tf.series:
+            raise DataError(f"{path}: TIF without image data")
+        series = tf.series[0]
+        _check_declared(path, series.shape)
+        _check_real(path, series.dtype)
+        a = series.asarray()
     # A TIF is a 2D image (H, W), (H, W, C<=4), or a stack (Z, Y, X): a volume.
     if a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (2, 3, 4)):
         return _channels_first_2d(a), {}
@@ -141,6 +268,21 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     import nibabel as nib
 
     img = nib.load(str(path))
+    hdr = img.header
+    shape = hdr.get_data_shape()
+    dtype = hdr.get_data_dtype()
+    _check_real(path, dtype)
+    count = _check_declared(path, shape)
+    needed = int(hdr.get_data_offset()) + count * dtype.itemsize
+    if path.name.lower().endswith(".gz"):
+        if needed > STREAM_CHECK_BYTES:  # do not let the decoder allocate what is not there
+            got = _gzip_holds(path, needed)
+            if got < needed:
+                raise DataError(f"{path}: truncated NIfTI: the header declares {tuple(shape)} {dtype} "
+                                f"({needed:,} bytes), the file decompresses to {got:,}")
+    elif path.stat().st_size < needed:
+        raise DataError(f"{path}: truncated NIfTI: the header declares {tuple(shape)} {dtype} "
+                        f"({needed:,} bytes), the file has {path.stat().st_size:,}")
     data = np.asanyarray(img.dataobj)  # raw stored values (after scl_slope/inter)
     if data.ndim == 2:
         data = data[:, :, None]
@@ -181,6 +323,9 @@ def _nrrd_affine(header: dict[str, Any], ndim: int) -> tuple[list[list[float]], 
 def _read_nrrd(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     import nrrd
 
+    with open(path, "rb") as f:
+        declared = nrrd.read_header(f)
+    _check_declared(path, declared.get("sizes", []))
     data, header = nrrd.read(str(path), index_order="F")  # (X, Y, Z[, ...]) as stored
     kinds = list(header.get("kinds", ["domain"] * data.ndim))
     chan_axes = [i for i, k in enumerate(kinds) if k not in ("domain", "space")]
@@ -234,6 +379,7 @@ def _read_mha(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     if len(dims) != 3:
         raise DataError(f"{path}: MetaImage with DimSize {dims}; only 3D volumes are supported")
     channels = int(header.get("ElementNumberOfChannels", "1"))
+    _check_declared(path, dims + [channels])
     etype = header.get("ElementType", "")
     if etype not in _MHA_TYPES:
         raise DataError(f"{path}: MetaImage ElementType {etype!r} is not supported")
@@ -245,10 +391,16 @@ def _read_mha(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     elif " " in datafile or "%" in datafile or datafile == "LIST":
         raise DataError(f"{path}: MetaImage with a list of data files is not supported")
     else:
-        payload = (path.parent / datafile).read_bytes()
-    if header.get("CompressedData", "False").lower() == "true":
-        payload = zlib.decompress(payload)
+        rel = Path(datafile)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise DataError(f"{path}: ElementDataFile {datafile!r} points outside the header's folder")
+        with open(path.parent / rel, "rb") as f:  # no more than the header's size (+1 to see excess)
+            compressed = header.get("CompressedData", "False").lower() == "true"
+            payload = f.read() if compressed else f.read(int(np.prod(dims)) * channels * dtype.itemsize + 1)
     count = int(np.prod(dims)) * channels
+    if header.get("CompressedData", "False").lower() == "true":
+        # never inflate more than the header's size (a zip bomb stops here)
+        payload = zlib.decompressobj().decompress(payload, count * dtype.itemsize)
     if len(payload) < count * dtype.itemsize:
         raise DataError(f"{path}: truncated MetaImage data ({len(payload)} bytes, "
                         f"{count * dtype.itemsize} expected)")

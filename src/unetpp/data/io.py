@@ -50,6 +50,8 @@ def _match_channels(image: np.ndarray, channels: int, path: Path) -> tuple[np.nd
     have = image.shape[0]
     if have == channels:
         return image, None
+    if image.ndim != 3:  # volumes: extra frames are not colours (a 4D file for a 3D model)
+        raise DataError(f"{path}: a volume with {have} channels/frames; the model was trained on {channels}")
     if have == 1 and channels == 3:
         return np.repeat(image, 3, axis=0), "gray->rgb"
     if have == 3 and channels == 1:
@@ -72,6 +74,8 @@ def read_input(path: str | os.PathLike | Sequence[str | os.PathLike],
         (``format``, ``shape`` and geometry of the input, ``grid_shape``, ``classes``).
     """
     channels = int(data_config["channels"])
+    if not 1 <= channels <= 256:
+        raise DataError(f"data config: {channels} channels; expected 1..256")
     if isinstance(path, (list, tuple)):
         files = [Path(p) for p in path]
     else:

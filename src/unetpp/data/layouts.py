@@ -83,7 +83,8 @@ def scan(root: str | Path) -> Scan:
     """Detect the layout of ``root`` and list its cases, with every naming problem found."""
     root = Path(root)
     if not root.exists():
-        return Scan(root, "", [], [f"{root}: no such folder"], {}, None)
+        why = "broken or looping symbolic link" if root.is_symlink() else "no such folder"
+        return Scan(root, "", [], [f"{root}: {why}"], {}, None)
     if not root.is_dir():
         return Scan(root, "", [], [f"{root}: not a folder (a dataset is a folder in a supported "
                                    "layout; see 'unetpp data --help')"], {}, None)
@@ -122,11 +123,20 @@ def scan(root: str | Path) -> Scan:
     return Scan(root, layout, cases, problems, info, split, test_inputs)
 
 
+#: dataset.json / splits.json larger than this are refused (they are a few KiB normally).
+MAX_JSON_BYTES = 16 * 2**20
+
+
 def _read_json(path: Path, problems: list[str]) -> dict[str, Any]:
     try:
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            problems.append(f"{path}: {size:,} bytes; larger than the {MAX_JSON_BYTES:,} allowed for a "
+                            "dataset description")
+            return {}
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        problems.append(f"{path}: not valid JSON ({e})")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        problems.append(f"{path}: not valid JSON ({type(e).__name__ if isinstance(e, RecursionError) else e})")
         return {}
     if not isinstance(data, dict):
         problems.append(f"{path}: expected a JSON object")

@@ -18,6 +18,7 @@ through :func:`predict_probabilities`, so validation during training, ``evaluate
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from itertools import combinations
 
@@ -26,6 +27,8 @@ from monai.inferers import sliding_window_inference
 from torch import nn
 
 MODES = ("accurate", "fast")
+#: "out of GPU memory: batch size halved" goes here (stderr when nothing is configured)
+_LOG = logging.getLogger("unetpp.inference")
 
 
 def probabilities(logits: torch.Tensor, classes: int) -> torch.Tensor:
@@ -169,18 +172,31 @@ def predict_with(network: Callable[[torch.Tensor], dict[int, torch.Tensor]], ima
     batch = image.permute(1, 0, 2, 3) if slice_by_slice else image.unsqueeze(0)
     spatial = tuple(batch.shape[2:])
     chunks: list[dict[int, torch.Tensor]] = []
-    step = batch_size if slice_by_slice else 1
-    for start in range(0, batch.shape[0], step):
+    start = 0
+    while start < batch.shape[0]:
+        step = batch_size if slice_by_slice else 1
         x = batch[start:start + step].to(device, torch.float32)
-        if patch_size is None or all(s <= p for s, p in zip(spatial, patch_size)):
-            out = predictor(x)
-        else:
-            roi = tuple(min(p, s) for p, s in zip(patch_size, spatial))
-            out = sliding_window_inference(x, roi, batch_size, predictor, overlap=overlap,
-                                           mode="gaussian", sw_device=device, device="cpu")
+        try:
+            if patch_size is None or all(s <= p for s, p in zip(spatial, patch_size)):
+                out = predictor(x)
+            else:
+                roi = tuple(min(p, s) for p, s in zip(patch_size, spatial))
+                out = sliding_window_inference(x, roi, batch_size, predictor, overlap=overlap,
+                                               mode="gaussian", sw_device=device, device="cpu")
+        except torch.cuda.OutOfMemoryError:
+            # out of GPU memory: halve the windows/slices per pass and redo this chunk
+            if batch_size <= 1:
+                raise
+            del x
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            batch_size = max(1, batch_size // 2)
+            _LOG.warning(f"out of GPU memory: batch size halved to {batch_size} and retried")
+            continue
         chunks.append({lv: p.float().cpu() for lv, p in out.items()})
+        start += step
         if progress is not None:
-            progress(min(start + step, batch.shape[0]), batch.shape[0])
+            progress(min(start, batch.shape[0]), batch.shape[0])
     result = {lv: torch.cat([c[lv] for c in chunks]) for lv in levels}
     if slice_by_slice:  # (D, K', H, W) -> (K', D, H, W)
         return {lv: p.permute(1, 0, 2, 3).contiguous() for lv, p in result.items()}

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 NORMS = ("none", "batch", "instance")
 ACTS = ("relu", "leaky_relu")
@@ -76,10 +77,39 @@ class ConvBlock(nn.Module):
             layers.append(activation(act))
         self.layers = nn.Sequential(*layers)
 
+    #: How a list input is combined. ``False``: concatenate, then one conv (the textbook
+    #: form). ``True``: the first conv as a sum of convs over the parts, with the matching
+    #: slices of the same weight, so the concatenation is never materialised (the same
+    #: parameters and state_dict; less activation memory in training). Set per module or
+    #: with :func:`unetpp.models.fast.set_split_concat`.
+    split_concat: bool = True
+    #: Recompute this block in the backward pass instead of keeping its activations
+    #: (:func:`torch.utils.checkpoint.checkpoint`); only while training with autograd on.
+    checkpoint: bool = False
+
     def forward(self, x: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            x = torch.cat(list(x), dim=1)
-        return self.layers(x)
+        parts = [x] if isinstance(x, torch.Tensor) else list(x)
+        if self.checkpoint and self.training and torch.is_grad_enabled():
+            return checkpoint(self._forward, *parts, use_reentrant=False)
+        return self._forward(*parts)
+
+    def _forward(self, *parts: torch.Tensor) -> torch.Tensor:
+        if len(parts) == 1:
+            return self.layers(parts[0])
+        if not self.split_concat:
+            return self.layers(torch.cat(parts, dim=1))
+        conv = self.layers[0]
+        weight, bias = conv.weight, conv.bias
+        y: torch.Tensor | None = None
+        start = 0
+        for part in parts:
+            stop = start + part.shape[1]
+            out = conv._conv_forward(part, weight[:, start:stop], bias if y is None else None)
+            y = out if y is None else y.add_(out)
+            start = stop
+        if start != conv.in_channels:
+            raise ValueError(f"expected {conv.in_channels} input channels in all, got {start}")
+        return self.layers[1:](y)
 
 
 class Up(nn.Module):
