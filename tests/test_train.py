@@ -158,6 +158,20 @@ def test_resume_refuses_changed_settings(trained):
         train(TrainConfig(out=str(trained), resume=True, lr=1e-2, data="unused"))
 
 
+def test_resume_accepts_the_patch_size_as_given_at_the_start(dataset, trained):
+    # the run stored [48, 48]; "--patch-size 48" again is the same setting, not a change.
+    # epochs=3 is where it ended, so the resume has nothing left to do but must not refuse.
+    run = train(TrainConfig(out=str(trained), resume=True, patch_size=[48], epochs=3, data=str(dataset),
+                            progress="none"))
+    assert run == trained
+
+
+def test_absurd_model_size_is_refused_before_allocating(dataset, tmp_path):
+    with pytest.raises(UnetppError, match="more than the .* allowed; refused before allocating"):
+        train(TrainConfig(data=str(dataset), out=str(tmp_path / "huge"), base_filters=256,
+                          depth=6, **{k: v for k, v in TINY.items() if k not in ("base_filters", "depth")}))
+
+
 def test_existing_out_is_refused_without_resume(dataset, trained):
     before = (trained / "model.safetensors").read_bytes()
     with pytest.raises(UnetppError, match=r"already exists \(a run\); add --resume"):

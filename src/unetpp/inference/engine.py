@@ -23,7 +23,6 @@ from collections.abc import Callable, Sequence
 from itertools import combinations
 
 import torch
-from monai.inferers import sliding_window_inference
 from torch import nn
 
 MODES = ("accurate", "fast")
@@ -181,6 +180,8 @@ def predict_with(network: Callable[[torch.Tensor], dict[int, torch.Tensor]], ima
                 out = predictor(x)
             else:
                 roi = tuple(min(p, s) for p, s in zip(patch_size, spatial))
+                from monai.inferers import sliding_window_inference  # lazy: MONAI costs seconds at start-up
+
                 out = sliding_window_inference(x, roi, batch_size, predictor, overlap=overlap,
                                                mode="gaussian", sw_device=device, device="cpu")
         except torch.cuda.OutOfMemoryError:

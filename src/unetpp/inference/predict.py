@@ -204,7 +204,7 @@ def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike
                                                               overlay_png(image.numpy(), labels))))
         except UnetppError as e:
             outcome.error = _name_file(path, "; ".join(e.problems))
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, MemoryError) as e:
             outcome.error = _name_file(path, str(e) or type(e).__name__)
         except Exception as e:  # noqa: BLE001 - one input's failure must not stop the others
             outcome.error = _name_file(path, f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")

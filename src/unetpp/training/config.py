@@ -258,6 +258,15 @@ def resolve_config(overrides: dict[str, Any] | None = None, config_file: str | P
     return TrainConfig(**values).validate()
 
 
+def _same_setting(name: str, given: Any, stored: Any) -> bool:
+    # A patch size given as one side (``--patch-size 32``) is stored expanded ([32, 32]).
+    if name == "patch_size" and isinstance(given, (list, tuple)) and isinstance(stored, (list, tuple)):
+        if len(given) == 1 and len(stored) > 1:
+            given = list(given) * len(stored)
+        return list(given) == list(stored)
+    return given == stored
+
+
 def merge_for_resume(saved: dict[str, Any], given: TrainConfig, run: Path) -> TrainConfig:
     """The stored config of a run, with the changes a resume may make.
 
@@ -278,7 +287,7 @@ def merge_for_resume(saved: dict[str, Any], given: TrainConfig, run: Path) -> Tr
             continue
         if name in RESUMABLE_CHANGES:
             changes[name] = value
-        elif value != getattr(stored, name):
+        elif not _same_setting(name, value, getattr(stored, name)):
             problems.append(f"--{name.replace('_', '-')}: the run was started with "
                             f"{getattr(stored, name)!r}; a resumed run keeps its settings "
                             f"(start a new run to change it)")

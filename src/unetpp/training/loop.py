@@ -51,7 +51,7 @@ from ..errors import RunError, UnetppError
 from ..io import atomic_write_text
 from ..metrics import case_scores
 from ..models import ModelConfig, build_model
-from ..run import WEIGHTS, make_run_config, read_run_config, save_weights, write_run_config
+from ..run import WEIGHTS, check_model_size, make_run_config, read_run_config, save_weights, write_run_config
 from . import distributed
 from .checkpoint import has_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, merge_for_resume, normalise_keys
@@ -402,6 +402,7 @@ def _train(cfg: TrainConfig, run: Path, ds: Any, saved: dict[str, Any] | None, d
     patch = patch * dims if len(patch) == 1 else patch
     batch_size = cfg.batch_size or (8 if dims == 2 else 2)
 
+    check_model_size(model_config, where="--arch/--width/--depth")  # before allocating anything
     raw_model = build_model(model_config)
     levels = tuple(raw_model.levels)
     if cfg.level_weights is not None and len(cfg.level_weights) != len(levels):
