@@ -87,14 +87,21 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     return atomic_write_bytes(path, st_save(clean, metadata=metadata))
 
 
-def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a safetensors file; refuse pickle-based formats (they can run code)."""
+def check_weights_path(path: str | os.PathLike) -> Path:
+    """``path`` as a Path if it may be read as weights: refuse pickle-based formats (they can
+    run code) and missing files."""
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise RunError(f"{path}: pickle-based PyTorch files are refused (they can run code); "
                        "use a .safetensors file")
     if not path.is_file():
         raise RunError(f"{path}: file not found")
+    return path
+
+
+def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; refuse pickle-based formats (they can run code)."""
+    path = check_weights_path(path)
     try:
         return st_load(path.read_bytes())
     except (SafetensorError, Exception) as e:  # noqa: BLE001 - any parse failure is the file's fault

@@ -169,14 +169,9 @@ def read_safetensors_header(path: str | os.PathLike, max_header: int = 16 * 2**2
     without touching the tensor data; :class:`RunError` for anything malformed."""
     import json
 
-    path = Path(path)
-    from .io import PICKLE_SUFFIXES
+    from .io import check_weights_path
 
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise RunError(f"{path}: pickle-based PyTorch files are refused (they can run code); "
-                       "use a .safetensors file")
-    if not path.is_file():
-        raise RunError(f"{path}: file not found")
+    path = check_weights_path(path)
     with path.open("rb") as f:
         head = f.read(8)
         if len(head) < 8:
