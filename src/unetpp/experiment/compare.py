@@ -211,12 +211,6 @@ def run_name(key: str, seed: int) -> str:
     return f"{key}-seed{seed}"
 
 
-def _log_default(message: str) -> None:
-    from ..cli.common import log
-
-    log(message)
-
-
 # ------------------------------------------------------------------------------ statistics
 def stats(values: Sequence[float]) -> dict[str, Any]:
     """``{"mean", "sd", "values"}``; ``sd`` is the sample sd over seeds (None for one value)."""
@@ -379,7 +373,8 @@ def compare(config: CompareConfig | None = None, command: str | None = None,
 
     cfg = CompareConfig(**{**(config.to_dict() if config else {}), **overrides})
     cfg.validate()
-    log = log or _log_default
+    if log is None:
+        from ..cli.common import log  # stderr: plain lines in a pipe, rich on a terminal
     out = Path(cfg.out)
     set_threads(cfg.threads, log)
     ds = open_dataset(cfg.data)

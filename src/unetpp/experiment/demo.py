@@ -71,12 +71,6 @@ class DemoConfig:
         return d
 
 
-def _log_default(message: str) -> None:
-    from ..cli.common import log
-
-    log(message)
-
-
 def _clean(out: Path) -> None:
     for name in OUTPUTS:
         p = out / name
@@ -137,7 +131,8 @@ def run_demo(cfg: DemoConfig | None = None, fresh: bool = False, log: Callable[[
     from ..training.checkpoint import has_checkpoint
 
     cfg = cfg or DemoConfig()
-    log = log or _log_default
+    if log is None:
+        from ..cli.common import log  # stderr: plain lines in a pipe, rich on a terminal
     out = Path(cfg.out)
     state = _open_state(out, cfg, fresh, log)
     report = out / REPORT
