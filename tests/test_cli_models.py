@@ -52,3 +52,24 @@ def test_info_errors_are_one_line(args, needle):
     assert r.returncode == 1
     assert needle in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("train", "somewhere", "--bogus"), "unetpp train: No such option: --bogus"),
+    (("train", "somewhere"), "unetpp train: Missing option '--out'"),
+    (("info", "unetpp", "--dims", "two"), "unetpp info: Invalid value for '--dims'"),
+    (("nocommand",), "unetpp: No such command 'nocommand'"),
+])
+def test_usage_errors_exit_1_with_one_line(args, needle):
+    """The contract: exit 1 on bad usage, one line naming the option (click alone exits 2
+    and draws a box)."""
+    r = run_cli(*args)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr
+    assert "--help'" in lines[0] and "╭" not in r.stderr
+
+
+def test_no_arguments_prints_help():
+    r = run_cli()
+    assert r.returncode == 0 and "Usage: " in r.stdout + r.stderr and "compare" in r.stdout + r.stderr

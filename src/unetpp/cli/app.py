@@ -55,15 +55,36 @@ def main(argv: list[str] | None = None) -> None:
         except (AttributeError, ValueError, OSError):
             pass
     try:
-        app(args=argv, standalone_mode=True)
+        # not standalone: click would print usage errors in a box and exit 2, and Ctrl-C as "Aborted!"
+        code = app(args=argv, standalone_mode=False)
     except SystemExit:
         raise
-    except KeyboardInterrupt:
-        fail("interrupted", code=130)
+    except (KeyboardInterrupt, typer.Abort) as e:
+        interrupted = isinstance(e, KeyboardInterrupt) or isinstance(e.__cause__, KeyboardInterrupt)
+        fail("interrupted" if interrupted else "aborted", code=130 if interrupted else 1)
+    except _CLICK_ERROR as e:  # usage: unknown option, missing argument, bad value of an option
+        if type(e).__name__ == "NoArgsIsHelpError":  # plain `unetpp`: the help, nothing wrong
+            e.show()
+            raise SystemExit(0) from None
+        fail(usage_line(e))
     except Exception as e:  # noqa: BLE001 - the CLI's one place that turns errors into lines
         if debug:
             raise
         fail(error_lines(e))
+    raise SystemExit(code if isinstance(code, int) else 0)
+
+
+#: click's base class of usage errors; typer re-exports only a subclass (and newer typer
+#: vendors click, so ``import click`` is not the same class or not installed at all).
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def usage_line(e: Exception) -> str:
+    """``unetpp train: No such option: --bogus; see 'unetpp train --help'`` (one line)."""
+    ctx = getattr(e, "ctx", None)
+    where = ctx.command_path if ctx is not None else "unetpp"
+    message = " ".join(e.format_message().split()).rstrip(".")  # type: ignore[attr-defined]
+    return f"{where}: {message}; see '{where} --help'"
 
 
 def error_lines(e: BaseException) -> list[str]:
