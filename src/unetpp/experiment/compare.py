@@ -594,7 +594,8 @@ def results_markdown(results: dict[str, Any]) -> str:
         f"{d['classes']} class(es) {d['labels']}); split {d['split']}; scored per case on the "
         f"**{d['eval_split']}** cases",
         f"- width factor **{s['width']:g}** (1.0 = the paper): first-row filters {filters}; preset {s['preset']}",
-        f"- same budget for every network: epochs {s['epochs']}, early-stopping patience {s['patience']}, "
+        f"- same budget for every network: epochs {s['epochs']}, early stopping "
+        + (f"after {s['patience']} epochs without improvement" if s['patience'] else "off (best epoch kept)") + ", "
         f"steps per epoch {s['steps_per_epoch'] or 'default'}, batch size {s['batch_size'] or 'default'}, "
         f"patch {s['patch_size'] or 'default'}, lr {s['lr']:g}, augmentation {'on' if s['augment'] else 'off'}, "
         f"amp {'on' if s['amp'] else 'off'}"
