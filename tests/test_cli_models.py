@@ -73,3 +73,15 @@ def test_usage_errors_exit_1_with_one_line(args, needle):
 def test_no_arguments_prints_help():
     r = run_cli()
     assert r.returncode == 0 and "Usage: " in r.stdout + r.stderr and "compare" in r.stdout + r.stderr
+
+
+def test_command_list_summaries_are_one_paragraph_on_one_line():
+    from unetpp.cli.app import app
+
+    infos = list(app.registered_commands)
+    infos += [c for g in app.registered_groups for c in g.typer_instance.registered_commands]
+    assert len(infos) == 12  # 9 commands, and the data group's list, fetch, check
+    for info in infos:
+        assert info.short_help and "\n" not in info.short_help, info.name
+    prune = next(i for i in infos if i.name == "prune")
+    assert prune.short_help.startswith("Score every level") and "  " not in prune.short_help

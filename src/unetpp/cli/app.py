@@ -6,6 +6,7 @@ arguments) print one line per problem and exit 1; ``--debug`` shows the tracebac
 
 from __future__ import annotations
 
+import inspect
 import sys
 
 import typer
@@ -35,6 +36,21 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 for module in (commands_models, commands_data, commands_train, commands_inference, commands_experiment):
     module.register(app)
+
+
+def _one_line_summaries(typer_app: typer.Typer) -> None:
+    """The command list shows each docstring's first paragraph; typer's rich help keeps its
+    line breaks there, so give every command that paragraph on one line as its short help."""
+    for info in typer_app.registered_commands:
+        doc = inspect.cleandoc(info.help or (info.callback.__doc__ if info.callback else "") or "")
+        if doc and not info.short_help:
+            info.short_help = " ".join(doc.split("\n\n")[0].split())
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _one_line_summaries(group.typer_instance)
+
+
+_one_line_summaries(app)
 
 
 def main(argv: list[str] | None = None) -> None:
