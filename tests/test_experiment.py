@@ -63,7 +63,10 @@ def test_compare_writes_results(compared):
     r = json.loads((out / "results.json").read_text())
     assert r["format"] == "unetpp-compare" and r["format_version"] == 1
     assert set(r) >= {"versions", "machine", "data", "settings", "archs", "pruning", "ordering", "paper",
-                      "failed", "wall_seconds", "command"}
+                      "failed", "wall_seconds", "runs_seconds", "command"}
+    train_total = sum(run["train_seconds"] for a in r["archs"].values() for run in a["runs"])
+    assert r["runs_seconds"] > train_total > 0  # training + scoring + pruning of every run
+    assert "min of training, scoring and pruning over all runs" in md
     assert r["settings"]["width"] == 0.125 and r["settings"]["seeds_list"] == [0]
     assert list(r["archs"]) == ["unet", "unetpp-ds"]
     for key, a in r["archs"].items():

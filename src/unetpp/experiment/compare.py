@@ -50,7 +50,10 @@ later (``--seeds 5`` after ``--seeds 3`` trains seeds 3 and 4 only).
      "ordering": {"ours": [archs by mean IoU, best first], "claims": [{"claim", "holds",
                   "difference", "sd"}]},
      "paper": {"nuclei_iou": {...}, "params": {...}},
-     "failed": [{"arch", "seed", "error"}], "wall_seconds"}
+     "failed": [{"arch", "seed", "error"}], "wall_seconds", "runs_seconds"}
+
+``wall_seconds`` is this invocation's (runs finished earlier are not redone);
+``runs_seconds`` sums every run's training, scoring and pruning time, whenever it ran.
 
 ``sd`` is the sample standard deviation over seeds (null for one seed).
 """
@@ -542,6 +545,8 @@ def build_results(cfg: CompareConfig, ds: Any, entries: dict[str, list[dict[str,
                                                              reverse=True),
                      "claims": _claims({k: v for k, v in archs.items()})},
         "paper": PAPER, "failed": failed, "wall_seconds": wall_seconds,
+        "runs_seconds": float(sum(r.get("train_seconds", 0.0) + r.get("eval_seconds", 0.0) + r.get("prune_seconds", 0.0)
+                                  for rs in entries.values() for r in rs)),
     }
 
 
@@ -661,7 +666,8 @@ def results_markdown(results: dict[str, Any]) -> str:
     if results.get("failed"):
         lines += ["", "## Failed runs", ""] + [f"- {run_name(f['arch'], f['seed'])}: {f['error']}"
                                               for f in results["failed"]]
-    lines += ["", f"Wall time of this invocation: {results['wall_seconds'] / 60:.1f} min "
+    lines += ["", f"Time: {results['runs_seconds'] / 60:.1f} min of training, scoring and pruning over all runs; "
+              f"{results['wall_seconds'] / 60:.1f} min for this invocation "
               "(runs finished earlier in the folder are not retrained).", ""]
     return "\n".join(lines)
 
