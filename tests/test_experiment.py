@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def compared(dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cmp") / "out"
     compare(CompareConfig(data=str(dataset), out=str(out), archs=["unet", "unetpp-ds"], seeds=1, width=0.125,
                           depth=2, epochs=1, steps_per_epoch=1, batch_size=2, patch_size=[32],
-                          augment=False, prune_repeats=1, device="cpu", progress="none"),
+                          augment=False, prune_repeats=1, device="cpu", progress="none", threads=1),
             command="unetpp compare (test)", log=lambda m: None)
     return out
 
@@ -113,6 +114,32 @@ def test_compare_bad_options(dataset, tmp_path, capsys):
     assert any("--archs" in line and "resnet" in line for line in lines)
     assert any("--seeds" in line for line in lines)
     assert not (tmp_path / "x").exists()
+    code, _, err = main(capsys, "compare", str(dataset), "--out", str(tmp_path / "x"), "--jobs", "0")
+    assert code == 1 and "error: --jobs must be an integer >= 1, got 0" in err
+
+
+def test_compare_jobs_run_in_parallel_processes_with_the_same_results(compared, dataset, tmp_path):
+    """--jobs 2: two spawned workers train the two runs at once; the runs are seeded and
+    independent, so every score equals the one-at-a-time comparison's."""
+    from unetpp.experiment.compare import CompareConfig, compare, job_devices
+
+    assert job_devices("cpu", 3) == ["cpu", "cpu", "cpu"]
+    lines: list[str] = []
+    out = tmp_path / "parallel"
+    r = compare(CompareConfig(data=str(dataset), out=str(out), archs=["unet", "unetpp-ds"], seeds=1, width=0.125,
+                              depth=2, epochs=1, steps_per_epoch=1, batch_size=2, patch_size=[32],
+                              augment=False, prune_repeats=1, device="cpu", progress="none", threads=1, jobs=2),
+                command="unetpp compare (test)", log=lines.append)
+    assert any("2 at a time" in line for line in lines)
+    assert r["machine"]["jobs"] == 2 and not r["failed"]
+    assert "2 runs trained at a time" in (out / "results.md").read_text()
+    sequential = json.loads((compared / "results.json").read_text())
+    for key in ("unet", "unetpp-ds"):
+        mine, theirs = r["archs"][key]["runs"][0], sequential["archs"][key]["runs"][0]
+        assert mine["cases"] == theirs["cases"] and mine["iou"] == theirs["iou"]
+        assert mine.get("levels") == theirs.get("levels")
+        assert (out / "runs" / f"{key}-seed0" / "compare.json").is_file()
+    assert r["pruning"]["chosen"] == sequential["pruning"]["chosen"]
 
 
 def test_demo_pipeline_and_rerun(dataset, tmp_path, capsys):
@@ -171,3 +198,96 @@ def test_demo_resumes_an_interrupted_run(dataset, tmp_path):
     rows = (out / "run" / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 2  # header + epochs 1 (first call) and 2 (resumed)
     assert (out / "report.md").is_file()
+
+
+def test_busy_cores_reads_the_cpu_time_of_other_processes_now(tmp_path, monkeypatch):
+    cmp = importlib.import_module("unetpp.experiment.compare")  # the package exports a function of that name
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  10 20 30 40 50 60 70 80 90 100\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+    assert cmp._cpu_times(stat) == (360, 90)  # guest time is already inside user time
+    stat.write_text("intr 1 2 3\n")
+    assert cmp._cpu_times(stat) is None
+    assert cmp._cpu_times(tmp_path / "missing") is None
+
+    monkeypatch.setattr(cmp.os, "cpu_count", lambda: 2)
+    for samples, busy in (([(1000, 500), (1200, 600)], 1.0),   # half of the CPU time idle: one core busy
+                          ([(1000, 500), (1200, 700)], 0.0),   # all idle
+                          ([(1000, 500), (1200, 500)], 2.0)):  # none idle
+        it = iter(samples)
+        monkeypatch.setattr(cmp, "_cpu_times", lambda stat=None: next(it))
+        assert cmp.busy_cores(interval=0) == pytest.approx(busy)
+    # no /proc/stat: the load average
+    monkeypatch.setattr(cmp, "_cpu_times", lambda stat=None: None)
+    monkeypatch.setattr(cmp.os, "getloadavg", lambda: (1.5, 0.0, 0.0))
+    assert cmp.busy_cores(interval=0) == 1.5
+
+
+def test_set_threads_leaves_the_busy_cores_alone(monkeypatch):
+    import torch
+
+    cmp = importlib.import_module("unetpp.experiment.compare")  # the package exports a function of that name
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(cmp.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    chosen: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", chosen.append)
+    lines: list[str] = []
+    try:
+        monkeypatch.setattr(cmp, "busy_cores", lambda: 1.2)
+        assert cmp.set_threads(None, lines.append) == 3
+        assert "using 3 torch thread(s) instead of 4" in lines[-1]
+        monkeypatch.setattr(cmp, "busy_cores", lambda: 7.0)
+        assert cmp.set_threads(None, lines.append) == 1
+        monkeypatch.setattr(cmp, "busy_cores", lambda: 0.1)
+        n = len(lines)
+        assert cmp.set_threads(None, lines.append) == 4 and len(lines) == n  # idle machine: nothing to say
+        assert cmp.set_threads(2, lines.append) == 2  # an explicit number is kept
+        assert chosen == [3, 1, 4, 2]
+    finally:
+        monkeypatch.undo()
+        torch.set_num_threads(before)
+
+
+def test_compare_jobs_stop_on_sigint_and_save_every_running_run(dataset, tmp_path):
+    """Ctrl-C on a --jobs comparison: the parent passes the signal on once, each worker
+    finishes its step and saves, and the command exits 130 with the way to continue."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from unetpp.training.checkpoint import has_checkpoint
+
+    out = tmp_path / "cmp"
+    args = list(TINY)
+    args[args.index("--epochs") + 1] = "10000"  # long enough to be interrupted
+    err_path = tmp_path / "stderr.txt"
+    with err_path.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "unetpp", "compare", str(dataset), "--out", str(out),
+                                 "--archs", "unet,unetpp-ds", "--seeds", "1", "--threads", "1", "--jobs", "2",
+                                 *args], stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                text = err_path.read_text()
+                if "[unet-seed0] epoch 2/" in text and "[unetpp-ds-seed0] epoch 2/" in text:
+                    break
+                assert proc.poll() is None, text
+                time.sleep(0.2)
+            else:
+                pytest.fail("the workers did not start:\n" + err_path.read_text())
+            proc.send_signal(signal.SIGINT)  # to the parent only, as a terminal's Ctrl-C reaches it
+            code = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = err_path.read_text()
+    assert code == 130, text
+    assert "stopped by SIGINT: the runs in progress saved a resumable state; run the same 'unetpp compare' " \
+           "command to continue" in text
+    assert text.count("received SIGINT: finishing the current step") == 2  # once per worker, not twice
+    for name in ("unet-seed0", "unetpp-ds-seed0"):
+        assert has_checkpoint(out / "runs" / name) and not (out / "runs" / name / "compare.json").exists()
+    assert not (out / "results.json").exists()

@@ -59,6 +59,10 @@ def compare(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps.", rich_help_panel=H_RUN),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: the idle "
                                           "cores: fewer threads than cores on a busy CPU).", rich_help_panel=H_RUN),
+    jobs: int = typer.Option(1, "--jobs", help="Runs trained at once, one process each. On a CPU, one job "
+                             "per core is the fastest (the idle cores are shared out between the jobs); with "
+                             "several GPUs, job k uses cuda:k. Same results as one at a time.",
+                             rich_help_panel=H_RUN),
 ) -> None:
     """Train U-Net, wide U-Net, UNet++ and UNet++ with deep supervision under one budget over
     several seeds; write results.md, results.json, iou_boxplot.png and the pruning table.
@@ -75,7 +79,7 @@ def compare(
         batch_size=batch_size, patch_size=parse_patch_size(patch_size) if patch_size else None, lr=lr,
         steps_per_epoch=steps_per_epoch, max_minutes=max_minutes, augment=augment, val_fraction=val_fraction,
         eval_mode=eval_mode, tolerance=tolerance, prune_repeats=prune_repeats, amp=amp, device=device,
-        threads=threads)
+        threads=threads, jobs=jobs)
     try:
         results = run_compare(cfg, command=_command_line())
     except TrainingInterrupted as e:

@@ -32,7 +32,7 @@ later (``--seeds 5`` after ``--seeds 3`` trains seeds 3 and 4 only).
 
     {"format": "unetpp-compare", "format_version": 1, "created", "command",
      "versions": {"unetpp", "torch", "python", "numpy"}, "machine": {"platform", "cpu",
-     "cpu_count", "threads", "device"},
+     "cpu_count", "threads", "jobs", "device"},
      "data": {"data", "root", "layout", "spatial_dims", "dims", "channels", "classes",
               "labels", "split": {"train": n, "val": n, "test": n}, "eval_split"},
      "settings": {... CompareConfig, "seeds": [0, 1, ...], "filters": {arch: f}},
@@ -131,6 +131,7 @@ class CompareConfig:
     prune_repeats: int = 10
     device: str = "auto"
     threads: int | None = None          # torch threads (None: the idle cores, see set_threads)
+    jobs: int = 1                       # runs trained at once, one process each
     num_workers: int = 0
     progress: str = "log"               # training progress: auto | bar | log | none
 
@@ -160,6 +161,8 @@ class CompareConfig:
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             p.append(f"--threads must be an integer >= 1, got {self.threads!r}")
+        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
+            p.append(f"--jobs must be an integer >= 1, got {self.jobs!r}")
         if p:
             raise UnetppError(p)
         # the training settings are checked by TrainConfig (one line per bad one)
@@ -187,24 +190,52 @@ class CompareConfig:
         return asdict(self)
 
 
+def _cpu_times(stat: Path = Path("/proc/stat")) -> tuple[int, int] | None:
+    """(all jiffies, idle jiffies) summed over the CPUs, from the first line of /proc/stat;
+    None where there is no such file (macOS, Windows)."""
+    try:
+        fields = stat.read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 6:
+        return None
+    values = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return sum(values), values[3] + values[4]
+
+
+def busy_cores(interval: float = 0.5, stat: Path = Path("/proc/stat")) -> float:
+    """How many cores other processes keep busy *now*: the CPU time that was not idle over
+    ``interval`` seconds (this process sleeps meanwhile). Falls back to the 1-minute load
+    average where /proc/stat is missing; that lags by a minute, so right after a heavy job
+    (e.g. ``pip install`` before ``make demo``) it would still count cores that are free."""
+    before = _cpu_times(stat)
+    if before is not None:
+        time.sleep(interval)
+        after = _cpu_times(stat)
+        if after is not None and after[0] > before[0]:
+            idle_share = (after[1] - before[1]) / (after[0] - before[0])
+            return max(0.0, (1.0 - idle_share) * (os.cpu_count() or 1))
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return 0.0
+
+
 def set_threads(threads: int | None, log: Callable[[str], None]) -> int:
     """``torch.set_num_threads``: ``threads``, or (None) as many as there are idle cores.
 
     On a CPU busy with other work, more compute threads than idle cores make every step
     several times slower (the threads wait for each other), so with no explicit number we
-    take ``cpu_count - round(load average)`` (at least 1, at most torch's default).
+    take ``cpu_count - round(busy_cores())`` (at least 1, at most torch's default).
     """
     import torch
 
     if threads is None:
         default = torch.get_num_threads()
-        try:
-            busy = os.getloadavg()[0]
-        except (OSError, AttributeError):
-            busy = 0.0
+        busy = busy_cores()
         threads = max(1, min(default, (os.cpu_count() or 1) - int(round(busy))))
         if threads < default:
-            log(f"the CPU is busy (load average {busy:.1f} on {os.cpu_count()} cores): using {threads} "
+            log(f"the CPU is busy (other processes use {busy:.1f} of {os.cpu_count()} cores): using {threads} "
                 f"torch thread(s) instead of {default} (--threads to choose)")
     torch.set_num_threads(threads)
     return threads
@@ -361,6 +392,191 @@ def _train_one(cfg: CompareConfig, key: str, seed: int, log: Callable[[str], Non
     return train(tc)
 
 
+def run_one(cfg: CompareConfig, key: str, seed: int, ds: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """Train (or resume) one run, score it, and write its ``compare.json`` marker."""
+    from ..io import atomic_write_json
+
+    run = _train_one(cfg, key, seed, log)
+    entry = finish_run(cfg, key, seed, run, ds, log)
+    atomic_write_json(run / RUN_DONE, entry)
+    return entry
+
+
+def _set_job_threads(cfg: CompareConfig, log: Callable[[str], None]) -> int:
+    """Torch threads for this process, and with ``--jobs N`` for each of the N workers:
+    ``--threads``, or the idle cores shared out between the jobs."""
+    if cfg.jobs <= 1 or cfg.threads is not None:
+        return set_threads(cfg.threads, log)
+    import torch
+
+    idle = max(1, (os.cpu_count() or 1) - int(round(busy_cores())))
+    threads = max(1, idle // cfg.jobs)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def job_devices(device: str, jobs: int) -> list[str]:
+    """The device of each worker: with several GPUs, worker k gets ``cuda:(k mod count)``;
+    otherwise every worker gets ``device``."""
+    import torch
+
+    if device in ("auto", "cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        return [f"cuda:{k % torch.cuda.device_count()}" for k in range(jobs)]
+    return [device] * jobs
+
+
+# ------------------------------------------------------------------- --jobs: one process per run
+# The parent starts up to N runs at once, each in a spawned process (a forked child of a
+# process that has used torch's thread pool can hang), and collects one message from each.
+# Workers sit in their own process group: Ctrl-C reaches the parent only, which passes each
+# signal on exactly once, so the single-process semantics hold (first signal: finish the
+# step and save; second: abort).
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_log(message: str) -> None:
+    import sys
+
+    run = _WORKER.get("run", "worker")
+    if not message.startswith(f"{run}: "):
+        message = f"[{run}] {message}"
+    print(message, file=sys.stderr, flush=True)
+
+
+def _stop_with_parent(parent: int) -> None:
+    """If the parent dies (killed), stop like a SIGTERM: save and exit, instead of training on."""
+    import signal
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(2.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _worker_main(cfg: CompareConfig, key: str, seed: int, threads: int, parent: int, messages: Any) -> None:
+    import traceback
+
+    import torch
+
+    from ..cli import common
+    from ..data import open_dataset
+    from ..training import TrainingInterrupted
+
+    if hasattr(os, "setpgrp"):  # POSIX
+        os.setpgrp()
+    _stop_with_parent(parent)
+    _WORKER["run"] = run_name(key, seed)
+    common.log = _worker_log  # the training loop logs through cli.common.log
+    torch.set_num_threads(threads)
+    try:
+        entry = run_one(cfg, key, seed, open_dataset(cfg.data), _worker_log)
+        messages.put((seed, key, "done", entry))
+    except TrainingInterrupted as e:
+        messages.put((seed, key, "interrupted", e.signum))
+    except KeyboardInterrupt:  # a second signal (or one while scoring): nothing to save
+        messages.put((seed, key, "interrupted", 2))
+    except UnetppError as e:
+        messages.put((seed, key, "failed", "; ".join(e.problems)))
+    except Exception as e:  # noqa: BLE001 - reported as this run's failure; the others go on
+        traceback.print_exc()
+        messages.put((seed, key, "failed", f"{type(e).__name__}: {e}"))
+
+
+def _run_parallel(cfg: CompareConfig, pending: list[tuple[int, str]], jobs: int,
+                  record: Callable[[int, str, dict[str, Any] | None, str | None], None],
+                  log: Callable[[str], None]) -> None:
+    """Train ``pending`` runs ``jobs`` at a time, one process each. The runs are seeded and
+    independent, so they give the same results as one after the other. Raises
+    :class:`~unetpp.training.TrainingInterrupted` after SIGINT/SIGTERM, once every running
+    worker has saved its state."""
+    import multiprocessing
+    import queue as queue_module
+    import signal
+    import threading
+
+    import torch
+
+    from ..training import TrainingInterrupted
+
+    ctx = multiprocessing.get_context("spawn")
+    messages = ctx.Queue()
+    threads = torch.get_num_threads()
+    slots = job_devices(cfg.device, jobs)
+    free = list(range(jobs))
+    todo = list(pending)
+    running: dict[tuple[int, str], tuple[Any, int]] = {}
+    outcome: dict[tuple[int, str], tuple[str, Any]] = {}
+    signals: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        signals.append(signum)
+        if len(signals) == 1:
+            log(f"received {signal.Signals(signum).name}: the {len(running)} running run(s) finish their step "
+                "and save a resumable state (send it again to abort without saving)")
+        for process, _ in running.values():
+            if process.exitcode is None:
+                os.kill(process.pid, signum)
+
+    def drain() -> None:
+        while True:
+            try:
+                seed, key, status, payload = messages.get_nowait()
+            except queue_module.Empty:
+                return
+            outcome[(seed, key)] = (status, payload)
+
+    log(f"training {len(pending)} runs, {jobs} at a time ({threads} torch thread(s) each; "
+        "their log lines start with the run's name)")
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while running or (todo and not signals):
+            while todo and free and not signals:
+                seed, key = todo.pop(0)
+                slot = free.pop(0)
+                job_cfg = CompareConfig(**{**cfg.to_dict(), "device": slots[slot]})
+                process = ctx.Process(target=_worker_main, name=run_name(key, seed), daemon=False,
+                                      args=(job_cfg, key, seed, threads, os.getpid(), messages))
+                process.start()
+                running[(seed, key)] = (process, slot)
+            try:
+                seed, key, status, payload = messages.get(timeout=0.5)
+                outcome[(seed, key)] = (status, payload)
+            except queue_module.Empty:
+                pass
+            ended = [k for k, (process, _) in running.items() if process.exitcode is not None]
+            drain()  # a worker's message is in the pipe before its exit code is set
+            for k in ended:
+                process, slot = running.pop(k)
+                process.join()
+                free.append(slot)
+                status, payload = outcome.get(k, ("ended", process.exitcode))
+                if status == "done":
+                    record(*k, payload, None)
+                elif status == "failed":
+                    record(*k, None, payload)
+                elif signals:
+                    pass  # stopped on our request: continued by the next call
+                elif status == "interrupted":
+                    record(*k, None, f"stopped by signal {payload} (a resumable state was saved; run the same "
+                                     "command to continue)")
+                else:
+                    record(*k, None, f"its process ended with exit code {payload} before reporting "
+                                     "(killed? out of memory?)")
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        for process, _ in running.values():  # only after an error in this loop
+            process.kill()
+    if signals:
+        raise TrainingInterrupted(f"stopped by {signal.Signals(signals[0]).name}: the runs in progress saved a "
+                                  "resumable state", signals[0])
+
+
 def compare(config: CompareConfig | None = None, command: str | None = None,
             log: Callable[[str], None] | None = None, **overrides: Any) -> dict[str, Any]:
     """Run (or continue) the comparison; write results.json/md and the box plot; return the
@@ -371,7 +587,7 @@ def compare(config: CompareConfig | None = None, command: str | None = None,
     """
     from ..data import open_dataset
     from ..inference.evaluate import select_cases
-    from ..io import atomic_write_json, read_json
+    from ..io import read_json
     from ..training import TrainingError
 
     cfg = CompareConfig(**{**(config.to_dict() if config else {}), **overrides})
@@ -379,39 +595,57 @@ def compare(config: CompareConfig | None = None, command: str | None = None,
     if log is None:
         from ..cli.common import log  # stderr: plain lines in a pipe, rich on a terminal
     out = Path(cfg.out)
-    set_threads(cfg.threads, log)
+    _set_job_threads(cfg, log)
     ds = open_dataset(cfg.data)
     _check_settings(out, cfg)
     t_start = time.perf_counter()
     entries: dict[str, list[dict[str, Any]]] = {k: [] for k in cfg.archs}
     failed: list[dict[str, Any]] = []
     total = len(cfg.archs) * cfg.seeds
-    done = 0
     # seed-major order: after the first pass every architecture has one finished run
-    for seed in cfg.seed_list():
-        for key in cfg.archs:
-            done += 1
-            run = out / "runs" / run_name(key, seed)
-            marker = run / RUN_DONE
-            if marker.is_file():
-                try:
-                    entries[key].append(read_json(marker))
-                    log(f"[{done}/{total}] {run.name}: already finished")
-                    continue
-                except Exception:  # noqa: BLE001 - a damaged marker: score again
-                    pass
-            log(f"[{done}/{total}] {run.name}: training {ARCH_SPECS[key][2]} (seed {seed}, width {cfg.width:g})")
+    todo = [(seed, key) for seed in cfg.seed_list() for key in cfg.archs]
+    pending: list[tuple[int, str]] = []
+    finished: dict[tuple[int, str], dict[str, Any]] = {}
+    for seed, key in todo:
+        marker = out / "runs" / run_name(key, seed) / RUN_DONE
+        if marker.is_file():
             try:
-                _train_one(cfg, key, seed, log)
-                entry = finish_run(cfg, key, seed, run, ds, log)
-            except TrainingError as e:
-                failed.append({"arch": key, "seed": seed, "error": "; ".join(e.problems)})
-                log(f"{run.name}: failed: {'; '.join(e.problems)}")
+                finished[(seed, key)] = read_json(marker)
                 continue
-            atomic_write_json(marker, entry)
-            entries[key].append(entry)
-            log(f"[{done}/{total}] {run.name}: IoU {entry['iou'] * 100:.2f}, Dice {entry['dice'] * 100:.2f} "
-                f"on {len(entry['cases'])} {entry['split']} case(s); {entry['train_seconds']:.0f}s training")
+            except Exception:  # noqa: BLE001 - a damaged marker: score again
+                pass
+        pending.append((seed, key))
+    if finished:
+        log(f"{len(finished)} of {total} runs already finished in {out / 'runs'}")
+    done = len(finished)
+
+    def record(seed: int, key: str, entry: dict[str, Any] | None, error: str | None) -> None:
+        nonlocal done
+        done += 1
+        name = run_name(key, seed)
+        if error is not None:
+            failed.append({"arch": key, "seed": seed, "error": error})
+            log(f"[{done}/{total}] {name}: failed: {error}")
+            return
+        assert entry is not None
+        finished[(seed, key)] = entry
+        log(f"[{done}/{total}] {name}: IoU {entry['iou'] * 100:.2f}, Dice {entry['dice'] * 100:.2f} "
+            f"on {len(entry['cases'])} {entry['split']} case(s); {entry['train_seconds']:.0f}s training")
+
+    jobs = min(cfg.jobs, len(pending))
+    if jobs > 1:
+        _run_parallel(cfg, pending, jobs, record, log)
+    else:
+        for seed, key in pending:
+            log(f"[{done + 1}/{total}] {run_name(key, seed)}: training {ARCH_SPECS[key][2]} "
+                f"(seed {seed}, width {cfg.width:g})")
+            try:
+                record(seed, key, run_one(cfg, key, seed, ds, log), None)
+            except TrainingError as e:
+                record(seed, key, None, "; ".join(e.problems))
+    for seed, key in todo:
+        if (seed, key) in finished:
+            entries[key].append(finished[(seed, key)])
     first = next((e for es in entries.values() for e in es), None)
     names, eval_split = select_cases(ds, read_json(Path(first["run"]) / "config.json") if first else {}, "evaluate")
     results = build_results(cfg, ds, entries, failed, command=command, eval_split=eval_split,
@@ -441,7 +675,7 @@ def _machine(cfg: CompareConfig) -> dict[str, Any]:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") and torch.cuda.is_available() else None
     return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
-            "threads": torch.get_num_threads(), "device": device, "gpu": gpu}
+            "threads": torch.get_num_threads(), "jobs": cfg.jobs, "device": device, "gpu": gpu}
 
 
 def _versions() -> dict[str, str]:
@@ -609,7 +843,9 @@ def results_markdown(results: dict[str, Any]) -> str:
         f"{s['eval_mode']} mode",
         f"- unetpp {v['unetpp']}, torch {v['torch']}, Python {v['python']}; {m['cpu']} "
         f"({m['cpu_count']} cores, {m['threads']} torch threads), device {m['device']}"
-        + (f" ({m['gpu']})" if m.get("gpu") else ""),
+        + (f" ({m['gpu']})" if m.get("gpu") else "")
+        + (f"; {m['jobs']} runs trained at a time, one process each (so the pruning latencies were "
+           "measured while other runs trained)" if m.get("jobs", 1) > 1 else ""),
     ]
     if results.get("command"):
         lines += [f"- command: `{results['command']}`"]
@@ -681,4 +917,4 @@ def write_results(out: Path, results: dict[str, Any]) -> None:
 
 
 __all__ = ["ARCH_SPECS", "CompareConfig", "PAPER", "RESULTS_FORMAT", "build_results", "compare",
-           "finish_run", "results_markdown", "stats", "write_results"]
+           "finish_run", "job_devices", "results_markdown", "run_one", "stats", "write_results"]
