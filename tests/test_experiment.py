@@ -244,7 +244,11 @@ def test_set_threads_leaves_the_busy_cores_alone(monkeypatch):
         n = len(lines)
         assert cmp.set_threads(None, lines.append) == 4 and len(lines) == n  # idle machine: nothing to say
         assert cmp.set_threads(2, lines.append) == 2  # an explicit number is kept
-        assert chosen == [3, 1, 4, 2]
+        assert cmp.set_threads(None, lines.append, jobs=2) == 2 and len(lines) == n  # 4 idle cores, 2 jobs
+        monkeypatch.setattr(cmp, "busy_cores", lambda: 1.2)
+        assert cmp.set_threads(None, lines.append, jobs=2) == 1
+        assert "using 1 torch thread(s) per job instead of 2" in lines[-1]
+        assert chosen == [3, 1, 4, 2, 2, 1]
     finally:
         monkeypatch.undo()
         torch.set_num_threads(before)

@@ -66,7 +66,7 @@ import platform
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -221,22 +221,24 @@ def busy_cores(interval: float = 0.5, stat: Path = Path("/proc/stat")) -> float:
         return 0.0
 
 
-def set_threads(threads: int | None, log: Callable[[str], None]) -> int:
-    """``torch.set_num_threads``: ``threads``, or (None) as many as there are idle cores.
+def set_threads(threads: int | None, log: Callable[[str], None], jobs: int = 1) -> int:
+    """``torch.set_num_threads``: ``threads``, or (None) the idle cores shared out between
+    ``jobs`` processes.
 
     On a CPU busy with other work, more compute threads than idle cores make every step
     several times slower (the threads wait for each other), so with no explicit number we
-    take ``cpu_count - round(busy_cores())`` (at least 1, at most torch's default).
+    take ``(cpu_count - round(busy_cores())) // jobs`` (at least 1, at most torch's default).
     """
     import torch
 
     if threads is None:
         default = torch.get_num_threads()
         busy = busy_cores()
-        threads = max(1, min(default, (os.cpu_count() or 1) - int(round(busy))))
-        if threads < default:
+        idle = max(1, min(default, (os.cpu_count() or 1) - int(round(busy))))
+        threads, unbusy = max(1, idle // jobs), max(1, default // jobs)
+        if threads < unbusy:
             log(f"the CPU is busy (other processes use {busy:.1f} of {os.cpu_count()} cores): using {threads} "
-                f"torch thread(s) instead of {default} (--threads to choose)")
+                f"torch thread(s){' per job' if jobs > 1 else ''} instead of {unbusy} (--threads to choose)")
     torch.set_num_threads(threads)
     return threads
 
@@ -402,19 +404,6 @@ def run_one(cfg: CompareConfig, key: str, seed: int, ds: Any, log: Callable[[str
     return entry
 
 
-def _set_job_threads(cfg: CompareConfig, log: Callable[[str], None]) -> int:
-    """Torch threads for this process, and with ``--jobs N`` for each of the N workers:
-    ``--threads``, or the idle cores shared out between the jobs."""
-    if cfg.jobs <= 1 or cfg.threads is not None:
-        return set_threads(cfg.threads, log)
-    import torch
-
-    idle = max(1, (os.cpu_count() or 1) - int(round(busy_cores())))
-    threads = max(1, idle // cfg.jobs)
-    torch.set_num_threads(threads)
-    return threads
-
-
 def job_devices(device: str, jobs: int) -> list[str]:
     """The device of each worker: with several GPUs, worker k gets ``cuda:(k mod count)``;
     otherwise every worker gets ``device``."""
@@ -538,9 +527,9 @@ def _run_parallel(cfg: CompareConfig, pending: list[tuple[int, str]], jobs: int,
             while todo and free and not signals:
                 seed, key = todo.pop(0)
                 slot = free.pop(0)
-                job_cfg = CompareConfig(**{**cfg.to_dict(), "device": slots[slot]})
-                process = ctx.Process(target=_worker_main, name=run_name(key, seed), daemon=False,
-                                      args=(job_cfg, key, seed, threads, os.getpid(), messages))
+                process = ctx.Process(target=_worker_main, name=run_name(key, seed),
+                                      args=(replace(cfg, device=slots[slot]), key, seed, threads, os.getpid(),
+                                            messages))
                 process.start()
                 running[(seed, key)] = (process, slot)
             try:
@@ -595,7 +584,6 @@ def compare(config: CompareConfig | None = None, command: str | None = None,
     if log is None:
         from ..cli.common import log  # stderr: plain lines in a pipe, rich on a terminal
     out = Path(cfg.out)
-    _set_job_threads(cfg, log)
     ds = open_dataset(cfg.data)
     _check_settings(out, cfg)
     t_start = time.perf_counter()
@@ -632,7 +620,8 @@ def compare(config: CompareConfig | None = None, command: str | None = None,
         log(f"[{done}/{total}] {name}: IoU {entry['iou'] * 100:.2f}, Dice {entry['dice'] * 100:.2f} "
             f"on {len(entry['cases'])} {entry['split']} case(s); {entry['train_seconds']:.0f}s training")
 
-    jobs = min(cfg.jobs, len(pending))
+    jobs = max(1, min(cfg.jobs, len(pending)))
+    set_threads(cfg.threads, log, jobs)
     if jobs > 1:
         _run_parallel(cfg, pending, jobs, record, log)
     else:
