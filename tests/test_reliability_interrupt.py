@@ -232,3 +232,26 @@ def metrics_without_time(run: Path) -> list[dict[str, str]]:
 
     with (run / "metrics.csv").open() as f:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX permissions")
+def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
+    """The temporary file behind an atomic write is 0o600; the result must not be: a new file
+    follows the umask, an overwritten one keeps its mode."""
+    from unetpp.io import atomic_write_text
+
+    before = os.umask(0o027)
+    try:
+        new = atomic_write_text(tmp_path / "new.txt", "a")
+        assert new.stat().st_mode & 0o777 == 0o640
+        os.umask(0o022)
+        assert atomic_write_text(tmp_path / "other.txt", "b").stat().st_mode & 0o777 == 0o644
+        private = tmp_path / "private.txt"
+        private.write_text("x")
+        private.chmod(0o600)
+        atomic_write_text(private, "y")
+        assert private.stat().st_mode & 0o777 == 0o600 and private.read_text() == "y"
+        assert os.umask(0o022) == 0o022  # the umask is left as it was
+    finally:
+        os.umask(before)
+    assert not list(tmp_path.glob(".*.tmp"))
