@@ -41,7 +41,7 @@ later (``--seeds 5`` after ``--seeds 3`` trains seeds 3 and 4 only).
                         "train_seconds": {...}, "epochs": {...},
                         "runs": [{"seed", "run", "mode", "level", "iou", "dice", "epochs",
                                   "best_epoch", "best_val_score", "train_seconds",
-                                  "eval_seconds", "cases": [{"case", "iou", "dice"}, ...]}]},
+                                  "eval_seconds", "jobs", "cases": [{"case", "iou", "dice"}, ...]}]},
                "wide-unet": ..., "unetpp": ..., "unetpp-ds": ...},
      "pruning": null | {"arch": "unetpp-ds", "tolerance", "input_shape", "device",
                 "levels": {"1": {"params", "flops", "latency_ms", "val_iou": {...},
@@ -52,6 +52,8 @@ later (``--seeds 5`` after ``--seeds 3`` trains seeds 3 and 4 only).
      "paper": {"nuclei_iou": {...}, "params": {...}},
      "failed": [{"arch", "seed", "error"}], "wall_seconds", "runs_seconds"}
 
+``jobs`` (per run, and the largest in ``machine``) is how many runs trained at once
+(``--jobs``): with more than one, latencies were measured while other runs trained.
 ``wall_seconds`` is this invocation's (runs finished earlier are not redone);
 ``runs_seconds`` sums every run's training, scoring and pruning time, whenever it ran.
 
@@ -400,6 +402,7 @@ def run_one(cfg: CompareConfig, key: str, seed: int, ds: Any, log: Callable[[str
 
     run = _train_one(cfg, key, seed, log)
     entry = finish_run(cfg, key, seed, run, ds, log)
+    entry["jobs"] = cfg.jobs  # runs trained at once: the latencies above were measured beside the others
     atomic_write_json(run / RUN_DONE, entry)
     return entry
 
@@ -562,8 +565,10 @@ def _run_parallel(cfg: CompareConfig, pending: list[tuple[int, str]], jobs: int,
         for process, _ in running.values():  # only after an error in this loop
             process.kill()
     if signals:
-        raise TrainingInterrupted(f"stopped by {signal.Signals(signals[0]).name}: the runs in progress saved a "
-                                  "resumable state", signals[0])
+        what = ("saved a resumable state" if len(signals) == 1 else
+                "stopped without saving (they go on from their last checkpoint)")
+        raise TrainingInterrupted(f"stopped by {signal.Signals(signals[0]).name}: the runs in progress {what}",
+                                  signals[0])
 
 
 def compare(config: CompareConfig | None = None, command: str | None = None,
@@ -621,6 +626,7 @@ def compare(config: CompareConfig | None = None, command: str | None = None,
             f"on {len(entry['cases'])} {entry['split']} case(s); {entry['train_seconds']:.0f}s training")
 
     jobs = max(1, min(cfg.jobs, len(pending)))
+    cfg = replace(cfg, jobs=jobs)
     set_threads(cfg.threads, log, jobs)
     if jobs > 1:
         _run_parallel(cfg, pending, jobs, record, log)
@@ -664,7 +670,7 @@ def _machine(cfg: CompareConfig) -> dict[str, Any]:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") and torch.cuda.is_available() else None
     return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
-            "threads": torch.get_num_threads(), "jobs": cfg.jobs, "device": device, "gpu": gpu}
+            "threads": torch.get_num_threads(), "device": device, "gpu": gpu}
 
 
 def _versions() -> dict[str, str]:
@@ -757,7 +763,8 @@ def build_results(cfg: CompareConfig, ds: Any, entries: dict[str, list[dict[str,
     return {
         "format": RESULTS_FORMAT, "format_version": RESULTS_FORMAT_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": command, "versions": _versions(), "machine": _machine(cfg),
+        "command": command, "versions": _versions(), "machine": {**_machine(cfg), "jobs": max(
+            (r.get("jobs", 1) for rs in entries.values() for r in rs), default=1)},
         "data": {"data": cfg.data, "root": str(getattr(ds, "root", "")), "layout": getattr(ds, "layout", None),
                  "spatial_dims": getattr(ds, "spatial_dims", None), "dims": cfg.dims or getattr(ds, "spatial_dims", None),
                  "channels": getattr(ds, "channels", None), "classes": getattr(ds, "classes", None),
