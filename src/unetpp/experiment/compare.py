@@ -512,13 +512,15 @@ def _run_parallel(cfg: CompareConfig, pending: list[tuple[int, str]], jobs: int,
             if process.exitcode is None:
                 os.kill(process.pid, signum)
 
-    def drain() -> None:
-        while True:
-            try:
-                seed, key, status, payload = messages.get_nowait()
-            except queue_module.Empty:
-                return
-            outcome[(seed, key)] = (status, payload)
+    def collect(wait: float) -> None:
+        """Every message in the queue, waiting up to ``wait`` seconds for the first."""
+        try:
+            while True:
+                seed, key, status, payload = messages.get(timeout=wait)
+                outcome[(seed, key)] = (status, payload)
+                wait = 0.0
+        except queue_module.Empty:
+            pass
 
     log(f"training {len(pending)} runs, {jobs} at a time ({threads} torch thread(s) each; "
         "their log lines start with the run's name)")
@@ -535,13 +537,9 @@ def _run_parallel(cfg: CompareConfig, pending: list[tuple[int, str]], jobs: int,
                                             messages))
                 process.start()
                 running[(seed, key)] = (process, slot)
-            try:
-                seed, key, status, payload = messages.get(timeout=0.5)
-                outcome[(seed, key)] = (status, payload)
-            except queue_module.Empty:
-                pass
+            collect(wait=0.5)
             ended = [k for k, (process, _) in running.items() if process.exitcode is not None]
-            drain()  # a worker's message is in the pipe before its exit code is set
+            collect(wait=0.0)  # a worker's message is in the pipe before its exit code is set
             for k in ended:
                 process, slot = running.pop(k)
                 process.join()
