@@ -1,25 +1,12 @@
-"""What every CLI command shares: error reporting, output on a terminal vs. in a pipe."""
+"""What every CLI command shares: error reporting; output goes through :mod:`unetpp.console`."""
 
 from __future__ import annotations
 
 import sys
 
-from rich.console import Console
+from ..console import err, interactive, log, out
 
-#: stdout for results (JSON, tables); stderr for logs and progress.
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def interactive() -> bool:
-    """A progress bar on a terminal, plain log lines in CI, a pipe or a file."""
-    import os
-
-    return err.is_terminal and not os.environ.get("CI")
-
-
-def log(message: str) -> None:
-    err.print(message, markup=False)
+__all__ = ["err", "fail", "interactive", "log", "out"]
 
 
 def fail(problems: list[str] | str, code: int = 1) -> None:

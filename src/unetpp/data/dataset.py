@@ -29,20 +29,12 @@ import numpy as np
 
 from ..errors import DataError
 from .check import Inspection, inspect, read_case
+from .home import data_home  # noqa: F401 - re-exported: unetpp.data.data_home
 from .layouts import CaseFiles
 from .normalize import MODALITIES, apply_normalization, fit_channel, modality_of, scheme_for
 from .resample import needs_resampling, new_shape, resize, target_spacing
 
 DATA_CONFIG_VERSION = 1
-
-
-def data_home() -> Path:
-    """Where ``unetpp data fetch`` keeps samples: ``$UNETPP_DATA`` or ``~/.cache/unetpp/data``."""
-    env = os.environ.get("UNETPP_DATA")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME")
-    return (Path(base).expanduser() if base else Path.home() / ".cache") / "unetpp" / "data"
 
 
 @dataclass

@@ -44,7 +44,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..io import atomic_write_bytes, atomic_write_json, read_json
-from .dataset import data_home
+from .home import data_home
 from .formats import write_file
 
 SAMPLE_FORMAT_VERSION = 1

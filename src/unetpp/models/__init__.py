@@ -11,26 +11,20 @@ from typing import Any
 
 from torch import nn
 
-from .config import ARCHS, PRESETS, ModelConfig
+from .config import PRESETS, ModelConfig
+from .registry import ArchSpec, arch_names, arch_spec, check_deep_supervision, register_arch
 from .unet import UNet
 from .unetpp import UNetPlusPlus
-
-_REGISTRY: dict[str, tuple[type[nn.Module], str]] = {
-    "unetpp": (UNetPlusPlus, "UNet++ with nested dense skips; deep supervision and pruning"),
-    "unet": (UNet, "U-Net baseline, filters 32·2^i"),
-    "wide-unet": (UNet, "wide U-Net baseline, filters 35·2^i (more parameters than UNet++)"),
-}
 
 
 def list_models() -> dict[str, str]:
     """``{arch: one-line description}`` for every registered architecture."""
-    return {name: desc for name, (_, desc) in _REGISTRY.items()}
+    return {name: arch_spec(name).description for name in arch_names()}
 
 
 def build_model(config: ModelConfig) -> nn.Module:
     """The network a :class:`ModelConfig` describes (fresh weights)."""
-    cls, _ = _REGISTRY[config.arch]
-    return cls(config)
+    return arch_spec(config.arch).cls(config)
 
 
 def create_model(arch: str = "unetpp", preset: str = "paper", dims: int = 2, in_channels: int = 1,
@@ -38,7 +32,8 @@ def create_model(arch: str = "unetpp", preset: str = "paper", dims: int = 2, in_
     """Create a model by name.
 
     Args:
-        arch: ``"unetpp"``, ``"unet"`` or ``"wide-unet"``.
+        arch: a registered architecture (:func:`arch_names`): ``"unetpp"``, ``"unet"``,
+            ``"wide-unet"``.
         preset: ``"paper"`` (the DLMIA 2018 network exactly) or ``"modern"`` (instance norm,
             leaky ReLU).
         dims: 2 or 3.
@@ -52,12 +47,12 @@ def create_model(arch: str = "unetpp", preset: str = "paper", dims: int = 2, in_
         >>> sum(p.numel() for p in model.parameters())
         9041700
     """
-    if arch not in _REGISTRY:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(_REGISTRY)}")
+    arch_spec(arch)  # ValueError naming the known architectures
     if deep_supervision is not None:
         overrides["deep_supervision"] = deep_supervision
-        if deep_supervision and arch != "unetpp":
-            raise ValueError(f"deep supervision needs arch 'unetpp', got {arch!r}")
+        problem = check_deep_supervision(arch, deep_supervision)
+        if problem:
+            raise ValueError(problem)
     config = ModelConfig.from_preset(arch, preset, dims=dims, in_channels=in_channels,
                                      classes=classes, **overrides)
     return build_model(config)
@@ -67,5 +62,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["ARCHS", "PRESETS", "ModelConfig", "UNet", "UNetPlusPlus", "build_model",
-           "count_parameters", "create_model", "list_models"]
+__all__ = ["PRESETS", "ArchSpec", "ModelConfig", "UNet", "UNetPlusPlus", "arch_names", "arch_spec",
+           "build_model", "check_deep_supervision", "count_parameters", "create_model", "list_models",
+           "register_arch"]

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from .blocks import ACTS, NORMS, UPS
+from .registry import arch_names, arch_spec
 
-ARCHS = ("unetpp", "unet", "wide-unet")
 PRESETS = ("paper", "modern")
 
 # Limits that keep a hostile config from allocating gigabytes before we can say no.
@@ -29,11 +29,6 @@ PRESET_SETTINGS: dict[str, dict[str, Any]] = {
     "paper": {"norm": "none", "act": "relu", "up": "transpose"},
     "modern": {"norm": "instance", "act": "leaky_relu", "up": "transpose"},
 }
-
-#: Base filters per architecture: the paper's U-Net and UNet++ use 32·2^i, its wide U-Net
-#: 35·2^i so that it has more parameters than UNet++.
-ARCH_BASE_FILTERS = {"unetpp": 32, "unet": 32, "wide-unet": 35}
-
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -68,7 +63,7 @@ class ModelConfig:
     @property
     def levels(self) -> tuple[int, ...]:
         """Levels that have an output head (1..depth with deep supervision, else depth)."""
-        if self.arch == "unetpp" and self.deep_supervision:
+        if self.deep_supervision and arch_spec(self.arch).deep_supervision:
             return tuple(range(1, self.depth + 1))
         return (self.depth,)
 
@@ -79,8 +74,8 @@ class ModelConfig:
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 problems.append(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
 
-        if self.arch not in ARCHS:
-            problems.append(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        if self.arch not in arch_names():
+            problems.append(f"arch must be one of {', '.join(arch_names())}, got {self.arch!r}")
         if self.dims not in (2, 3) or isinstance(self.dims, bool):
             problems.append(f"dims must be 2 or 3, got {self.dims!r}")
         bad_int("in_channels", self.in_channels, 1, MAX_CHANNELS)
@@ -105,13 +100,14 @@ class ModelConfig:
         """The config of ``arch`` under ``preset``; keyword arguments override any field."""
         if preset not in PRESET_SETTINGS:
             raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
-        if arch not in ARCHS:
-            raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
-        values: dict[str, Any] = dict(arch=arch, preset=preset, base_filters=ARCH_BASE_FILTERS[arch],
-                                      deep_supervision=arch == "unetpp")
+        if arch not in arch_names():
+            raise ValueError(f"arch must be one of {', '.join(arch_names())}, got {arch!r}")
+        spec = arch_spec(arch)
+        values: dict[str, Any] = dict(arch=arch, preset=preset, base_filters=spec.base_filters,
+                                      deep_supervision=spec.deep_supervision)
         values.update(PRESET_SETTINGS[preset])
         values.update(overrides)
-        if arch != "unetpp":
+        if not spec.deep_supervision:
             values["deep_supervision"] = False
         return cls(**values)
 

@@ -12,9 +12,13 @@ from torch import nn
 
 from .blocks import ConvBlock, Up, conv_nd, crop_to, max_pool, pad_to_multiple
 from .config import ModelConfig
+from .registry import arch_spec, register_arch
 from .unetpp import _check_input
 
 
+@register_arch("wide-unet", base_filters=35, label="wide U-Net",
+               description="wide U-Net baseline, filters 35·2^i (more parameters than UNet++)")
+@register_arch("unet", base_filters=32, label="U-Net", description="U-Net baseline, filters 32·2^i")
 class UNet(nn.Module):
     """U-Net for 2D or 3D images; ``arch`` ``"unet"`` or ``"wide-unet"``.
 
@@ -29,7 +33,7 @@ class UNet(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.arch not in ("unet", "wide-unet"):
+        if arch_spec(config.arch).cls is not UNet:
             raise ValueError(f"UNet needs arch 'unet' or 'wide-unet', got {config.arch!r}")
         self.config = config
         self.depth = config.depth

@@ -22,6 +22,7 @@ from torch import nn
 
 from .blocks import ConvBlock, Up, conv_nd, crop_to, max_pool, pad_to_multiple
 from .config import ModelConfig
+from .registry import register_arch
 
 
 def _check_input(x: torch.Tensor, cfg: ModelConfig) -> None:
@@ -37,6 +38,8 @@ def _check_input(x: torch.Tensor, cfg: ModelConfig) -> None:
                          f"(shape {tuple(x.shape)})")
 
 
+@register_arch("unetpp", base_filters=32, label="UNet++", deep_supervision=True,
+               description="UNet++ with nested dense skips; deep supervision and pruning")
 class UNetPlusPlus(nn.Module):
     """UNet++ for 2D or 3D images, depth a parameter, optional deep supervision.
 
@@ -58,20 +61,25 @@ class UNetPlusPlus(nn.Module):
         (1, 1, 64, 64)
     """
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, level: int | None = None):
         super().__init__()
         if config.arch != "unetpp":
             raise ValueError(f"UNetPlusPlus needs arch='unetpp', got {config.arch!r}")
         self.config = config
-        self.depth = config.depth
-        # A pruned copy keeps this multiple: padding to a smaller one would change what the
-        # border pixels see, and its output would no longer equal this model's head.
+        # ``level`` < depth builds UNet++ L<level> (what :meth:`prune` returns): the nodes with
+        # i + j <= level and that one head. It keeps the full network's padding multiple:
+        # padding to a smaller one would change what the border pixels see, and its output
+        # would no longer equal the full network's head.
         self.pad_multiple = 2 ** config.depth
+        self.depth = config.depth if level is None else level
+        #: levels this module returns; a dict of them unless ``single_output``.
+        self.output_levels: tuple[int, ...] = config.levels if level is None else (level,)
+        self.single_output = level is not None or not config.deep_supervision
         k = config.filters
         d, norm, act = config.dims, config.norm, config.act
         self.nodes = nn.ModuleDict()
         self.ups = nn.ModuleDict()
-        for s in range(config.depth + 1):  # level by level, the order forward runs them
+        for s in range(self.depth + 1):  # level by level, the order forward runs them
             for j in range(s + 1):
                 i = s - j
                 if j == 0:
@@ -81,11 +89,8 @@ class UNetPlusPlus(nn.Module):
                     c_in = (j + 1) * k[i]  # j same-row skips plus the upsampled tensor
                 self.nodes[f"{i}_{j}"] = ConvBlock(d, c_in, k[i], norm, act)
         conv = conv_nd(d)
-        self.heads = nn.ModuleDict({str(level): conv(k[0], config.classes, kernel_size=1)
-                                    for level in config.levels})
-        #: levels this module returns; a dict of them unless ``single_output``.
-        self.output_levels: tuple[int, ...] = config.levels
-        self.single_output = not config.deep_supervision
+        self.heads = nn.ModuleDict({str(lv): conv(k[0], config.classes, kernel_size=1)
+                                    for lv in self.output_levels})
 
     @property
     def levels(self) -> tuple[int, ...]:
@@ -121,15 +126,12 @@ class UNetPlusPlus(nn.Module):
             raise ValueError(f"this model has no head at level {level} (heads: "
                              f"{', '.join(self.heads)}); levels below {self.depth} need a model "
                              "trained with deep supervision")
-        pruned = UNetPlusPlus.__new__(UNetPlusPlus)
-        nn.Module.__init__(pruned)
+        with torch.device("meta"):  # the structure only: the parameters are this model's
+            pruned = UNetPlusPlus(self.config, level=level)
+        for name in ("nodes", "ups", "heads"):
+            mine = getattr(self, name)
+            setattr(pruned, name, nn.ModuleDict({key: mine[key] for key in getattr(pruned, name)}))
         pruned.config = self.config.replace(depth=level, deep_supervision=False)
-        pruned.depth = level
-        pruned.pad_multiple = self.pad_multiple
-        pruned.nodes = nn.ModuleDict({k: m for k, m in self.nodes.items() if sum(map(int, k.split("_"))) <= level})
-        pruned.ups = nn.ModuleDict({k: m for k, m in self.ups.items() if sum(map(int, k.split("_"))) <= level})
-        pruned.heads = nn.ModuleDict({str(level): self.heads[str(level)]})
-        pruned.output_levels = (level,)
-        pruned.single_output = True
+        pruned.pad_multiple = self.pad_multiple  # a pruned network of a pruned network too
         pruned.train(self.training)
         return pruned

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UnetppError
-from ..models.config import ARCHS, PRESETS
+from ..models import PRESETS, arch_names, arch_spec, check_deep_supervision
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MONITORS = ("accurate", "mean")  # or "L1".."L<depth>": one head
@@ -45,7 +45,7 @@ class TrainConfig:
     deep_supervision: bool | None = None  # default: on for unetpp
     dims: int | None = None             # 2 or 3; default: the dataset's
     depth: int = 4
-    width: float = 1.0                  # filter scale: base_filters = round(32 * width) (35 for wide-unet)
+    width: float = 1.0                  # filter scale: base_filters = round(the arch's base filters * width)
     base_filters: int | None = None     # overrides width
     # optimisation (the paper's: Adam 3e-4, BCE + Dice on every head, early stopping)
     epochs: int = 100
@@ -109,12 +109,13 @@ class TrainConfig:
             p.append("DATA: no dataset given")
         if not self.out:
             p.append("--out: no run folder given")
-        if self.arch not in ARCHS:
-            p.append(f"--arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        if self.arch not in arch_names():
+            p.append(f"--arch must be one of {', '.join(arch_names())}, got {self.arch!r}")
         if self.preset not in PRESETS:
             p.append(f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
-        if self.deep_supervision and self.arch != "unetpp":
-            p.append(f"--deep-supervision needs --arch unetpp, got {self.arch!r}")
+        problem = check_deep_supervision(self.arch, self.deep_supervision, "--deep-supervision")
+        if problem:
+            p.append(problem)
         if self.dims is not None and (isinstance(self.dims, bool) or self.dims not in (2, 3)):
             p.append(f"--dims must be 2 or 3, got {self.dims!r}")
         check_int("depth", 1, 6)
@@ -173,8 +174,7 @@ class TrainConfig:
     def filters(self) -> int:
         if self.base_filters is not None:
             return self.base_filters
-        base = 35 if self.arch == "wide-unet" else 32
-        return max(1, round(base * self.width))
+        return max(1, round(arch_spec(self.arch).base_filters * self.width))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
