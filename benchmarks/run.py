@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from unetpp import count_parameters, create_model  # noqa: E402
-from unetpp.models import fast  # noqa: E402
+from unetpp import runtime as fast  # noqa: E402
 from unetpp.models.summary import count_flops  # noqa: E402
 
 MONAI_FEATURES = (32, 64, 128, 256, 512, 32)
@@ -275,7 +275,7 @@ def machine() -> dict[str, str]:
             versions[mod] = "not installed"
     import unetpp
     versions["unetpp"] = getattr(unetpp, "__version__", "?")
-    flags = fast._cpu_flags()
+    flags = fast.cpu_flags()
     isa = ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16") if f in flags) or "?"
     return {"cpu": cpu, "cores": str(os.cpu_count()), "threads": str(torch.get_num_threads()),
             "isa": isa, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from unetpp import count_parameters, create_model
-from unetpp.models import fast
+from unetpp import runtime as fast
 from unetpp.models.blocks import ConvBlock
 
 RTOL, ATOL = 1e-4, 1e-5

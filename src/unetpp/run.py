@@ -50,6 +50,20 @@ def make_run_config(model_config: ModelConfig, data: dict[str, Any] | None = Non
     return cfg
 
 
+def stored_patch_size(config: dict[str, Any], dims: int, where: str = "config.json") -> tuple[int, ...]:
+    """The training patch stored in ``config["train"]["patch_size"]``, one value per spatial
+    axis: the sliding window of every later prediction. Training stores it settled (one value
+    per axis); a single value is the same on every axis. No default: RunError if missing."""
+    patch = (config.get("train") or {}).get("patch_size")
+    if isinstance(patch, int) and not isinstance(patch, bool):
+        patch = [patch]
+    if not isinstance(patch, list) or len(patch) not in (1, dims) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in patch):
+        raise RunError(f"{where}: train.patch_size must be 1 or {dims} positive integers (the training "
+                       f"patch, which prediction uses as its window), got {patch!r}")
+    return tuple(patch) * dims if len(patch) == 1 else tuple(patch)
+
+
 def write_run_config(run: str | os.PathLike, config: dict[str, Any]) -> Path:
     return atomic_write_json(Path(run) / CONFIG, config)
 

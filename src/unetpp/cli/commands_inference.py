@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import typer
 
 from ..errors import UnetppError
+from ..models.mode import Mode
 from .common import interactive, log, out
 
 MODE_HELP = "accurate (mean of every head) or fast (one head, --level). Default: prune.json's choice."
@@ -61,10 +62,6 @@ def _open(data: str):
     return open_dataset(data)
 
 
-def _mode_text(mode: str, level: Optional[int]) -> str:
-    return "accurate" if mode == "accurate" else f"fast L{level}"
-
-
 def evaluate(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (from 'unetpp train')."),
              data: str = typer.Argument(..., metavar="DATA", help="Dataset folder or fetched sample name."),
              mode: Optional[str] = typer.Option(None, "--mode", help=MODE_HELP),
@@ -84,16 +81,16 @@ def evaluate(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (fr
     from ..inference.evaluate import output_paths, write_evaluation
 
     predictor = _load(run, device, batch_size)
-    mode, level = predictor.resolve(mode, level)
+    settled = predictor.resolve(mode, level)
     ds = _open(data)
     json_path, csv_path = output_paths(run, json_file)
     with progress_bar("evaluate") as update:
-        result = run_evaluation(predictor, ds, mode, level, tta=tta, progress=update)
+        result = run_evaluation(predictor, ds, settled, tta=tta, progress=update)
     write_evaluation(result, json_path, csv_path)
     if json_file == "-":
         print(json.dumps(result, indent=2))
     per_class = "".join(f", {k} {v:.4f}" for k, v in (result.get("classes") or {}).items())
-    log(f"{_mode_text(mode, level)}: dice {result['dice']:.4f}, iou {result['iou']:.4f}{per_class} "
+    log(f"{settled}: dice {result['dice']:.4f}, iou {result['iou']:.4f}{per_class} "
         f"over {len(result['cases'])} {result['split']} case(s)")
     log(f"wrote {', '.join(str(p) for p in (json_path, csv_path) if p is not None)}")
 
@@ -136,7 +133,7 @@ def prune(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (from 
         table.add_row(name + (" *" if name == pick else ""), f"{v['iou'] * 100:.2f}", f"{v['dice'] * 100:.2f}",
                       f"{v['params']:,}", f"{v['flops'] / 1e6:.1f}", f"{v['latency_ms']:.2f}")
     out.print(table)
-    log(f"chosen: {_mode_text(chosen['mode'], chosen['level'])} (within {tolerance} IoU points of the best); "
+    log(f"chosen: {Mode.from_json(chosen)} (within {tolerance} IoU points of the best); "
         f"wrote {run / 'prune.json'} and {run / 'prune.png'}")
 
 
@@ -165,9 +162,9 @@ def predict(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (fro
     predictor = _load(run, "cpu" if onnx is not None else device, batch_size)
     ok = {"n": 0}
 
-    def started(total: int, m: str, lv: Optional[int]) -> None:
+    def started(total: int, settled) -> None:
         engine = f"ONNX Runtime ({onnx})" if onnx is not None else str(predictor.device)
-        log(f"predict: {total} input(s), {_mode_text(m, lv)}{', tta' if tta else ''}, on {engine}")
+        log(f"predict: {total} input(s), {settled}{', tta' if tta else ''}, on {engine}")
 
     with progress_bar("predict") as update:
         def step(done: int, total: int, outcome) -> None:
@@ -198,11 +195,11 @@ def export(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (from
     if fmt not in FORMATS:
         raise UnetppError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     predictor = _load(run, "cpu")
-    mode, level = predictor.resolve(mode, level)
-    log(f"export: {_mode_text(mode, level)} as {fmt} ...")
-    info = run_export(predictor.model, fmt, out_file, mode, level, opset=opset)
+    settled = predictor.resolve(mode, level)
+    log(f"export: {settled} as {fmt} ...")
+    info = run_export(predictor.model, fmt, out_file, settled, opset=opset)
     log(f"wrote {out_file} ({fmt}{', opset ' + str(opset) if fmt == 'onnx' else ''}, "
-        f"{_mode_text(mode, level)}, output probabilities; max abs diff vs PyTorch "
+        f"{settled}, output probabilities; max abs diff vs PyTorch "
         f"{info['max_abs_diff']:.2e} on inputs {', '.join('x'.join(map(str, s)) for s in info['checked_shapes'])})")
 
 

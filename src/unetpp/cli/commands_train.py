@@ -62,10 +62,13 @@ def train(
                                        rich_help_panel=H_RUN),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps. [default: auto]",
                                          rich_help_panel=H_RUN),
-    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision (bf16; fp16 on GPUs "
-                                       "without bf16). [default: off]", rich_help_panel=H_RUN),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision: bf16 (fp16 on GPUs "
+                                       "without bf16). CPU: only with native bf16 and when measured faster, "
+                                       "else says why and stays fp32. [default: on for CUDA, off on CPU]",
+                                       rich_help_panel=H_RUN),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
-                                                 help="channels_last memory format.", rich_help_panel=H_RUN),
+                                                 help="channels_last memory format. [default: "
+                                                 "where it pays: CUDA]", rich_help_panel=H_RUN),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model.",
                                            rich_help_panel=H_RUN),
     deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic",

@@ -7,8 +7,10 @@ through :func:`predict_probabilities`, so validation during training, ``evaluate
 - **Levels**: a deep-supervised UNet++ has a head per level 1..depth. Asking for one level
   runs ``model.prune(level)``: only the nodes that head needs are computed. Asking for
   several runs the full network once and reads every head.
-- **Modes** (the paper's): *accurate* averages the probabilities of every head; *fast* takes
-  one head, level ``L``.
+- **Modes** (the paper's, :class:`unetpp.models.Mode`): *accurate* averages the probabilities
+  of every head; *fast* takes one head, level ``L``. The mode is settled once
+  (:func:`unetpp.models.resolve_mode`) and its heads combined by
+  :func:`unetpp.models.combine_heads`.
 - **Sliding window**: images larger than ``patch_size`` are tiled with ``overlap`` and the
   tiles blended with Gaussian weights (MONAI's ``sliding_window_inference``), as nnU-Net does,
   so border pixels of a tile count less than its centre.
@@ -25,7 +27,8 @@ from itertools import combinations
 import torch
 from torch import nn
 
-MODES = ("accurate", "fast")
+from ..models.mode import MODES, Mode, combine_heads, resolve_mode
+from ..runtime import inference_context
 #: "out of GPU memory: batch size halved" goes here (stderr when nothing is configured)
 _LOG = logging.getLogger("unetpp.inference")
 
@@ -43,28 +46,13 @@ def probabilities_to_labels(probs: torch.Tensor, classes: int, threshold: float 
 
 
 def resolve_levels(model: nn.Module, mode: str, level: int | None) -> tuple[int, ...]:
-    """The heads a mode reads: every level for ``accurate``, one for ``fast``.
-
-    ``fast`` without a level takes the deepest head. A model without deep supervision has
-    one head, so both modes read it.
-    """
-    available = tuple(model.levels)
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if mode == "accurate":
-        if level is not None:
-            raise ValueError("--level is for fast mode; accurate mode averages every head")
-        return available
-    level = available[-1] if level is None else level
-    if level not in available:
-        if len(available) == 1:
-            raise ValueError(f"this model has only level {available[0]} (trained without deep "
-                             f"supervision); level {level} is not available")
-        raise ValueError(f"level must be one of {', '.join(map(str, available))}, got {level}")
-    return (level,)
+    """The heads ``mode`` reads on ``model`` (see :func:`unetpp.models.resolve_mode`): every
+    level for ``accurate``, one for ``fast`` (the deepest when ``level`` is None)."""
+    heads = tuple(model.levels)
+    return resolve_mode(heads, mode=mode, level=level).levels(heads)
 
 
-def _level_network(model: nn.Module, levels: Sequence[int]) -> Callable[[torch.Tensor], dict[int, torch.Tensor]]:
+def level_network(model: nn.Module, levels: Sequence[int]) -> Callable[[torch.Tensor], dict[int, torch.Tensor]]:
     """A callable ``x -> {level: logits}`` computing no more nodes than ``levels`` need."""
     if len(levels) == 1 and tuple(model.levels) != tuple(levels):
         net = model.prune(levels[0])  # structural pruning: fewer nodes actually run
@@ -89,7 +77,7 @@ def predict_probabilities(model: nn.Module, image: torch.Tensor, *, levels: Sequ
                           patch_size: Sequence[int] | None = None, overlap: float = 0.5,
                           batch_size: int = 4, tta: bool = False,
                           device: str | torch.device | None = None,
-                          amp: bool = False) -> dict[int, torch.Tensor]:
+                          dtype: torch.dtype | None = None) -> dict[int, torch.Tensor]:
     """Probabilities of each requested level for one whole image.
 
     Args:
@@ -103,7 +91,8 @@ def predict_probabilities(model: nn.Module, image: torch.Tensor, *, levels: Sequ
         batch_size: windows (or slices) per forward pass.
         tta: average over every mirroring of the spatial axes (4 in 2D, 8 in 3D).
         device: where to compute (default: the model's device). Results come back on the CPU.
-        amp: bf16 autocast (CPU) / fp16 autocast (CUDA).
+        dtype: autocast dtype (:class:`unetpp.runtime.Precision`'s, so validation computes as
+            training does); None: fp32.
 
     Returns:
         ``{level: probs}`` with probs float32 ``(K', *S)`` on the CPU; ``K' = 1`` for a
@@ -118,11 +107,10 @@ def predict_probabilities(model: nn.Module, image: torch.Tensor, *, levels: Sequ
     cfg = model.config
     levels = tuple(model.levels) if levels is None else tuple(levels)
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    network = _level_network(model, levels)
+    network = level_network(model, levels)
 
     def probs_of(x: torch.Tensor) -> dict[int, torch.Tensor]:
-        with torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16,
-                            enabled=amp):
+        with inference_context(device, dtype):
             return {lv: probabilities(logits.float(), cfg.classes) for lv, logits in network(x).items()}
 
     return predict_with(probs_of, image, dims=cfg.dims, in_channels=cfg.in_channels, levels=levels,
@@ -204,18 +192,18 @@ def predict_with(network: Callable[[torch.Tensor], dict[int, torch.Tensor]], ima
     return {lv: p[0] for lv, p in result.items()}
 
 
-def mode_probabilities(probs: dict[int, torch.Tensor], mode: str, level: int | None = None) -> torch.Tensor:
-    """Combine per-level probabilities: the mean of all (accurate) or one level (fast)."""
-    if mode == "accurate":
-        return torch.stack(list(probs.values())).mean(dim=0)
-    if mode == "fast":
-        return probs[level if level is not None else max(probs)]
-    raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+#: the one function that combines heads, under its older name
+mode_probabilities = combine_heads
 
 
-def predict(model: nn.Module, image: torch.Tensor, mode: str = "accurate", level: int | None = None,
+def predict(model: nn.Module, image: torch.Tensor, mode: str | Mode = "accurate", level: int | None = None,
             **kwargs) -> torch.Tensor:
     """Probabilities ``(K', *S)`` of ``mode`` (see :func:`predict_probabilities` for kwargs)."""
-    levels = resolve_levels(model, mode, level)
-    probs = predict_probabilities(model, image, levels=levels, **kwargs)
-    return mode_probabilities(probs, mode, levels[0] if mode == "fast" else None)
+    if not isinstance(mode, Mode):
+        mode = resolve_mode(tuple(model.levels), mode=mode, level=level)
+    probs = predict_probabilities(model, image, levels=mode.levels(model.levels), **kwargs)
+    return combine_heads(probs, mode)
+
+
+__all__ = ["MODES", "Mode", "combine_heads", "mode_probabilities", "predict", "predict_probabilities",
+           "predict_with", "probabilities", "probabilities_to_labels", "resolve_levels"]

@@ -27,6 +27,7 @@ import torch
 from ..errors import DataError
 from ..io import atomic_write_json, atomic_write_text
 from ..metrics import case_scores, mean_scores
+from ..models.mode import Mode, combine_heads
 from .engine import probabilities_to_labels
 
 #: ``progress(done, total, case_name)`` after each case.
@@ -71,16 +72,19 @@ def check_compatible(ds: Any, predictor: Any) -> None:
         raise DataError(problems)
 
 
-def score_modes(predictor: Any, ds: Any, names: Sequence[str], modes: Sequence[tuple[str, int | None]],
-                tta: bool = False, progress: Progress | None = None) -> dict[tuple[str, int | None], list[dict[str, Any]]]:
-    """Per-case scores of several ``(mode, level)`` at once.
+def score_modes(predictor: Any, ds: Any, names: Sequence[str], modes: Sequence[Mode | tuple[str, int | None]],
+                tta: bool = False, progress: Progress | None = None) -> dict[Mode, list[dict[str, Any]]]:
+    """Per-case scores of several modes at once (:class:`~unetpp.models.Mode`, or
+    ``(mode, level)`` tuples, which compare equal to them and key the result alike).
 
     All the levels the modes need come from one pass of the network per case (a fast-mode
     head read from the full network equals the pruned network's output; the engine's tests
     check it), so scoring L1..L4 and accurate costs one inference per case.
     """
-    needed = sorted({lv for mode, level in modes for lv in predictor.mode_levels(mode, level)})
-    results: dict[tuple[str, int | None], list[dict[str, Any]]] = {m: [] for m in modes}
+    modes = [predictor.resolve(Mode(*m)) for m in modes]
+    reads = {m: m.levels(predictor.levels) for m in modes}
+    needed = sorted({lv for levels in reads.values() for lv in levels})
+    results: dict[Mode, list[dict[str, Any]]] = {m: [] for m in modes}
     classes = predictor.classes
     for done, name in enumerate(names, 1):
         case = ds.load_case(name)
@@ -88,12 +92,11 @@ def score_modes(predictor: Any, ds: Any, names: Sequence[str], modes: Sequence[t
             raise DataError(f"{getattr(ds, 'root', 'dataset')}: case {name} has no label to score against")
         image = torch.as_tensor(case.image, dtype=torch.float32)
         probs = predictor.level_probabilities(image, needed, tta=tta)
-        for mode, level in modes:
-            p = torch.stack([probs[lv] for lv in predictor.levels]).mean(0) if mode == "accurate" \
-                else probs[level]
+        for mode in modes:
+            p = combine_heads({lv: probs[lv] for lv in reads[mode]}, mode)
             labels = probabilities_to_labels(p, classes)
             scores = case_scores(labels, case.label, classes)
-            results[(mode, level)].append({"case": name, "dice": scores.pop("dice"), "iou": scores.pop("iou"),
+            results[mode].append({"case": name, "dice": scores.pop("dice"), "iou": scores.pop("iou"),
                                            **scores})
         if progress is not None:
             progress(done, len(names), name)
@@ -112,7 +115,7 @@ def summarise(mode: str, level: int | None, cases: list[dict[str, Any]], **extra
     return out
 
 
-def evaluate(predictor: Any, ds: Any, mode: str | None = None, level: int | None = None, tta: bool = False,
+def evaluate(predictor: Any, ds: Any, mode: str | Mode | None = None, level: int | None = None, tta: bool = False,
              cases: Sequence[str] | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Score ``predictor`` on ``ds`` (a dataset of :func:`unetpp.data.open_dataset`).
 
@@ -121,13 +124,13 @@ def evaluate(predictor: Any, ds: Any, mode: str | None = None, level: int | None
     accurate mode.
     """
     check_compatible(ds, predictor)
-    mode, level = predictor.resolve(mode, level)
+    mode = predictor.resolve(mode, level)
     if cases is None:
         names, source = select_cases(ds, predictor.config, "evaluate")
     else:
         names, source = list(cases), "given"
-    scored = score_modes(predictor, ds, names, [(mode, level)], tta=tta, progress=progress)
-    return summarise(mode, level, scored[(mode, level)], split=source, tta=tta)
+    scored = score_modes(predictor, ds, names, [mode], tta=tta, progress=progress)
+    return summarise(mode.name, mode.level, scored[mode], split=source, tta=tta)
 
 
 def cases_csv(result: dict[str, Any]) -> str:

@@ -44,6 +44,8 @@ from torch import nn
 from .. import __version__
 from ..errors import UnetppError
 from ..io import atomic_write_bytes
+from ..models.mode import Mode, combine_heads, resolve_mode
+from .engine import probabilities
 
 FORMATS = ("onnx", "torchscript")
 MIN_OPSET = 17
@@ -52,26 +54,23 @@ ATOL = 1e-4
 
 
 class ModeNetwork(nn.Module):
-    """``x -> probabilities`` of one mode: a pruned network (fast) or the mean of heads."""
+    """``x -> probabilities`` of one settled :class:`~unetpp.models.Mode`: the pruned network
+    (fast) or the full one with its heads combined (accurate, :func:`combine_heads`)."""
 
-    def __init__(self, model: nn.Module, mode: str, level: int | None):
+    def __init__(self, model: nn.Module, mode: Mode | str, level: int | None = None):
         super().__init__()
+        if not isinstance(mode, Mode):
+            mode = resolve_mode(tuple(model.levels), mode=mode, level=level)
+        self.mode = mode
+        self.levels = mode.levels(model.levels)
         self.classes = model.config.classes
-        self.accurate = mode == "accurate" and len(model.levels) > 1
-        self.net = model if self.accurate else model.prune(level if level is not None else model.levels[-1])
-
-    def _probs(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits) if self.classes == 1 else torch.softmax(logits, dim=1)
+        self.net = model.prune(self.levels[0]) if len(self.levels) == 1 and tuple(model.levels) != self.levels \
+            else model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.net(x)
-        if self.accurate:
-            heads = [self._probs(v) for v in out.values()]
-            total = heads[0]
-            for h in heads[1:]:
-                total = total + h
-            return total / len(heads)
-        return self._probs(out)
+        out = out if isinstance(out, dict) else {self.levels[-1]: out}
+        return combine_heads({lv: probabilities(out[lv], self.classes) for lv in self.levels}, self.mode)
 
 
 def example_shape(model: nn.Module, batch: int = 2, bump: int = 1) -> tuple[int, ...]:
@@ -82,10 +81,10 @@ def example_shape(model: nn.Module, batch: int = 2, bump: int = 1) -> tuple[int,
     return (batch, cfg.in_channels, *spatial)
 
 
-def metadata(model: nn.Module, mode: str, level: int | None, fmt: str) -> dict[str, str]:
+def metadata(model: nn.Module, mode: Mode, fmt: str) -> dict[str, str]:
     cfg = model.config
-    return {"unetpp_version": __version__, "format": fmt, "mode": mode,
-            "level": "" if level is None else str(level), "dims": str(cfg.dims),
+    return {"unetpp_version": __version__, "format": fmt, "mode": mode.name,
+            "level": "" if mode.level is None else str(mode.level), "dims": str(cfg.dims),
             "in_channels": str(cfg.in_channels), "classes": str(cfg.classes), "output": "probabilities",
             "input_layout": "(N, C, H, W)" if cfg.dims == 2 else "(N, C, D, H, W)",
             "depth": str(cfg.depth)}
@@ -144,9 +143,10 @@ def _check_inputs(model: nn.Module, seed: int = 0) -> list[torch.Tensor]:
             torch.randn(example_shape(model, 1, 2 ** model.config.depth + 3), generator=g)]
 
 
-def export(model: nn.Module, fmt: str, out: str | os.PathLike, mode: str = "accurate",
+def export(model: nn.Module, fmt: str, out: str | os.PathLike, mode: Mode | str = "accurate",
            level: int | None = None, opset: int = DEFAULT_OPSET, atol: float = ATOL) -> dict[str, Any]:
-    """Export ``model`` in ``mode``/``level`` to ``out`` after checking it against PyTorch.
+    """Export ``model`` in ``mode`` (a settled :class:`~unetpp.models.Mode`, or a mode name
+    and ``level``) to ``out`` after checking it against PyTorch.
 
     Returns ``{"format", "path", "mode", "level", "opset", "max_abs_diff", "checked_shapes"}``.
     Raises :class:`UnetppError` (writing nothing) when the exported model differs by more
@@ -156,30 +156,29 @@ def export(model: nn.Module, fmt: str, out: str | os.PathLike, mode: str = "accu
         raise UnetppError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if fmt == "onnx" and opset < MIN_OPSET:
         raise UnetppError(f"--opset must be >= {MIN_OPSET}, got {opset}")
-    if mode not in ("accurate", "fast"):
-        raise UnetppError(f"--mode must be one of accurate, fast, got {mode!r}")
+    if not isinstance(mode, Mode):
+        mode = resolve_mode(tuple(model.levels), mode=mode, level=level)
     if next(model.parameters()).device.type != "cpu":  # export on the CPU, leave the caller's model
         model = copy.deepcopy(model).to("cpu")
     was_training = model.training
     model.eval()
     try:
-        data, worst, checks = _export_checked(model, fmt, mode, level, opset)
+        data, worst, checks = _export_checked(model, fmt, mode, opset)
     finally:
         model.train(was_training)
     if not np.isfinite(worst) or worst > atol:
         raise UnetppError(f"{out}: not written; the exported {fmt} model differs from PyTorch by "
                           f"{worst:.3g} (max abs, allowed {atol:g})")
     atomic_write_bytes(out, data)
-    return {"format": fmt, "path": str(out), "mode": mode, "level": level,
+    return {"format": fmt, "path": str(out), "mode": mode.name, "level": mode.level,
             "opset": opset if fmt == "onnx" else None, "max_abs_diff": worst,
             "checked_shapes": [list(c.shape) for c in checks], "output": "probabilities"}
 
 
-def _export_checked(model: nn.Module, fmt: str, mode: str, level: int | None,
-                    opset: int) -> tuple[bytes, float, list[torch.Tensor]]:
+def _export_checked(model: nn.Module, fmt: str, mode: Mode, opset: int) -> tuple[bytes, float, list[torch.Tensor]]:
     """The exported file's bytes and its max abs difference from PyTorch on the check inputs."""
-    wrapper = ModeNetwork(model, mode, level).eval()
-    meta = metadata(model, mode, level, fmt)
+    wrapper = ModeNetwork(model, mode).eval()
+    meta = metadata(model, mode, fmt)
     x = torch.randn(example_shape(model))
     checks = _check_inputs(model)
     with torch.no_grad():
@@ -227,8 +226,12 @@ class OnnxNetwork:
         if self.meta.get("output") != "probabilities":
             raise UnetppError(f"{path}: not exported by 'unetpp export' (no unetpp metadata)")
         self.path = path
-        self.mode = self.meta["mode"]
-        self.level = int(self.meta["level"]) if self.meta.get("level") else None
+        try:
+            level = int(self.meta["level"]) if self.meta.get("level") else None
+            self.mode = Mode.from_json({"mode": self.meta.get("mode"), "level": level}, f"{path}: metadata")
+        except (ValueError, KeyError):
+            raise UnetppError(f"{path}: invalid unetpp mode/level metadata") from None
+        self.level = self.mode.level
         self.input = self.session.get_inputs()[0].name
 
     def check(self, predictor: Any, mode: str | None, level: int | None) -> None:
@@ -238,8 +241,8 @@ class OnnxNetwork:
                           ("classes", predictor.classes)):
             if self.meta.get(key) != str(want):
                 problems.append(f"{self.path}: {key} {self.meta.get(key)} differs from the run's {want}")
-        what = "accurate mode" if self.mode == "accurate" else f"fast mode at level {self.level}"
-        if (mode is not None and mode != self.mode) or (level is not None and level != self.level):
+        what = "accurate mode" if self.mode.name == "accurate" else f"fast mode at level {self.level}"
+        if (mode is not None and mode != self.mode.name) or (level is not None and level != self.level):
             asked = " ".join(f"{k} {v}" for k, v in (("--mode", mode), ("--level", level)) if v is not None)
             problems.append(f"{asked}: {self.path} computes {what}; export another file for that")
         if problems:

@@ -35,7 +35,8 @@ import numpy as np
 
 from ..errors import DataError, UnetppError
 from ..io import atomic_write_bytes
-from .engine import mode_probabilities, probabilities_to_labels
+from ..models.mode import Mode, combine_heads
+from .engine import probabilities_to_labels
 from .overlay import overlay_png
 
 GLOB_CHARS = set("*?[")
@@ -148,10 +149,11 @@ def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike
                    level: int | None = None, tta: bool = False, probabilities: bool = False,
                    overlay: bool = False, onnx: str | os.PathLike | None = None,
                    progress: Callable[[int, int, Outcome], None] | None = None,
-                   on_start: Callable[[int, str, int | None], None] | None = None) -> list[Outcome]:
+                   on_start: Callable[[int, Mode], None] | None = None) -> list[Outcome]:
     """Predict every input; one :class:`Outcome` each (``error`` set for a failed input).
 
-    ``on_start(total, mode, level)`` is called once the inputs are known,
+    ``on_start(total, mode)`` is called once the inputs are known (mode: the settled
+    :class:`~unetpp.models.Mode`),
     ``progress(done, total, outcome)`` after each input.
     Raises :class:`UnetppError` before any work for problems that concern every input (bad
     mode/level, an ONNX file that does not fit the run, no input found at all).
@@ -165,18 +167,18 @@ def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike
 
         network = OnnxNetwork(onnx)
         network.check(predictor, mode, level)
-        mode, level = network.mode, network.level
+        mode = network.mode
         levels = network.levels()
     else:
-        mode, level = predictor.resolve(mode, level)
-        levels = predictor.mode_levels(mode, level)
+        mode = predictor.resolve(mode, level)
+        levels = mode.levels(predictor.levels)
     files, problems = expand_inputs(inputs, predictor.in_channels)
     if not files:
         raise UnetppError(problems or ["no inputs"])
     # an INPUT that matched nothing is a failed input too (reported, the others still run)
     outcomes = [Outcome(problem.split(":", 1)[0], error=problem) for problem in problems]
     if on_start is not None:
-        on_start(len(files), mode, level)
+        on_start(len(files), mode)
     out.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     for done, path in enumerate(files, 1):
@@ -188,7 +190,7 @@ def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike
             if network is not None:
                 probs = predictor.level_probabilities(image, levels, tta=tta, network=network)[levels[0]]
             else:
-                probs = mode_probabilities(predictor.level_probabilities(image, levels, tta=tta), mode, level)
+                probs = combine_heads(predictor.level_probabilities(image, levels, tta=tta), mode)
             labels = probabilities_to_labels(probs, predictor.classes).numpy()
             name, ext = output_name(path, predictor.in_channels)
             base, k = name, 1

@@ -49,31 +49,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import runtime
 from ..errors import RunError, UnetppError
 from ..io import read_json
-from ..run import PRUNE, WEIGHTS, load_model
-from .engine import MODES, mode_probabilities, predict_with, probabilities, probabilities_to_labels, \
-    _level_network
+from ..models.mode import MODES, Mode, combine_heads, resolve_mode
+from ..run import PRUNE, WEIGHTS, load_model, stored_patch_size
+from .engine import level_network, predict_with, probabilities, probabilities_to_labels
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto`` (or None): CUDA if available, else MPS, else CPU; refuses unavailable ones."""
-    if device is None or str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UnetppError(f"--device {device}: CUDA is not available on this machine")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UnetppError(f"--device {device}: MPS is not available on this machine")
-    return dev
-
-
-def read_prune_choice(run: str | os.PathLike | None) -> dict[str, Any] | None:
-    """``prune.json["chosen"]`` of ``run`` (``{"mode", "level"}``), or None without prune.json."""
+def read_prune_choice(run: str | os.PathLike | None) -> Mode | None:
+    """``prune.json["chosen"]`` of ``run`` as a :class:`Mode`, or None without prune.json."""
     if run is None:
         return None
     path = Path(run) / PRUNE
@@ -83,7 +68,10 @@ def read_prune_choice(run: str | os.PathLike | None) -> dict[str, Any] | None:
     chosen = data.get("chosen") if isinstance(data, dict) else None
     if not isinstance(chosen, dict) or chosen.get("mode") not in MODES:
         raise RunError(f"{path}: no valid \"chosen\" entry; run 'unetpp prune' again")
-    return {"mode": chosen["mode"], "level": chosen.get("level")}
+    try:
+        return Mode.from_json(chosen, f"{path}: chosen")
+    except UnetppError as e:
+        raise RunError(f"{e.problems[0]}; run 'unetpp prune' again") from None
 
 
 def _normalise(array: np.ndarray, data_config: dict[str, Any]) -> np.ndarray:
@@ -114,14 +102,21 @@ class Predictor:
     """
 
     def __init__(self, model: nn.Module, config: dict[str, Any], run: str | os.PathLike | None = None,
-                 device: str | torch.device | None = "cpu", batch_size: int = 4, overlap: float = 0.5):
-        self.device = resolve_device(device)
+                 device: str | torch.device | None = "cpu", batch_size: int = 4, overlap: float = 0.5,
+                 amp: bool | None = None):
+        self.device = runtime.pick_device(device)
         self.model = model.to(self.device).eval()
         self.config = config
         self.run = Path(run) if run is not None else None
         self.batch_size = int(batch_size)
         self.overlap = float(overlap)
         self.choice = read_prune_choice(self.run)
+        #: the sliding window: the training patch as stored (no default of its own)
+        self.patch_size: tuple[int, ...] = stored_patch_size(config, model.config.dims,
+                                                             f"{self.run or 'run'}/config.json")
+        #: the fast inference copy (BN folded, no autograd, channels_last where it pays)
+        self.fast_model = runtime.optimize_for_inference(self.model, device=self.device)
+        self.precision, _ = runtime.choose_precision(self.device, amp)
 
     # ------------------------------------------------------------------ description
     @property
@@ -148,64 +143,17 @@ class Predictor:
     def dims(self) -> int:
         return self.model.config.dims
 
-    @property
-    def patch_size(self) -> tuple[int, ...]:
-        """The training patch (the sliding window): the run's ``train.patch_size``, else the
-        training default (96 per axis in 2D, 64 in 3D), as validation during training used."""
-        train = self.config.get("train") or {}
-        patch = train.get("patch_size")
-        if patch is None:
-            patch = [96 if self.dims == 2 else 64]
-        if isinstance(patch, (int, float)):
-            patch = [patch]
-        patch = tuple(int(p) for p in patch)
-        return patch[-self.dims:] if len(patch) >= self.dims else (patch[0],) * self.dims
-
-    def default_mode(self) -> tuple[str, int | None]:
+    def default_mode(self) -> Mode:
         """prune.json's choice; else accurate (deep supervision) or the one head."""
-        if self.choice is not None:
-            return self.resolve(self.choice["mode"], self.choice.get("level"), use_choice=False)
-        if len(self.levels) > 1:
-            return "accurate", None
-        return "fast", self.levels[-1]
+        return self.resolve()
 
-    def resolve(self, mode: str | None = None, level: int | None = None,
-                use_choice: bool = True) -> tuple[str, int | None]:
-        """``(mode, level)`` with defaults filled in and checked against the network."""
-        depth = self.model.config.depth
-        if level is not None:
-            if isinstance(level, bool) or not isinstance(level, (int, np.integer)):
-                raise UnetppError(f"--level must be an integer, got {level!r}")
-            level = int(level)
-            if not 1 <= level <= depth:
-                raise UnetppError(f"--level {level}: the network has depth {depth}, so levels are "
-                                  f"1..{depth}")
-        if mode is None and level is None:
-            return self.default_mode() if use_choice else ("accurate", None)
-        if mode is None:
-            mode = "fast"
-        if mode not in MODES:
-            raise UnetppError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if mode == "accurate":
-            if level is not None:
-                raise UnetppError("--level is for fast mode; accurate mode averages every head")
-            return "accurate", None
-        if level is None:
-            if use_choice and self.choice is not None and self.choice["mode"] == "fast" \
-                    and self.choice.get("level") in self.levels:
-                level = self.choice["level"]
-            else:
-                level = self.levels[-1]
-        if level not in self.levels:
-            if len(self.levels) == 1:
-                raise UnetppError(f"--level {level}: this model was trained without deep supervision "
-                                  f"and has only level {self.levels[0]}")
-            raise UnetppError(f"--level {level}: no head at that level (heads: "
-                              f"{', '.join(map(str, self.levels))})")
-        return "fast", level
-
-    def mode_levels(self, mode: str, level: int | None) -> tuple[int, ...]:
-        return self.levels if mode == "accurate" else (int(level),)
+    def resolve(self, mode: str | Mode | None = None, level: int | None = None) -> Mode:
+        """The :class:`Mode` of ``--mode``/``--level``, prune.json's choice and the model's
+        heads (:func:`unetpp.models.resolve_mode`): settled here once, then passed down."""
+        if isinstance(mode, Mode):
+            mode.levels(self.levels)
+            return mode
+        return resolve_mode(self.levels, self.model.config.depth, mode, level, chosen=self.choice)
 
     # ------------------------------------------------------------------ inputs
     def to_channels_first(self, array: Any) -> np.ndarray:
@@ -252,10 +200,16 @@ class Predictor:
 
     # ------------------------------------------------------------------ prediction
     def network(self, levels: Sequence[int]) -> Callable[[torch.Tensor], dict[int, torch.Tensor]]:
-        """``x -> {level: probabilities}`` running only the nodes ``levels`` need."""
-        net = _level_network(self.model, tuple(levels))
-        classes = self.classes
-        return lambda x: {lv: probabilities(logits.float(), classes) for lv, logits in net(x).items()}
+        """``x -> {level: probabilities}`` running only the nodes ``levels`` need, on the fast
+        inference copy, in the predictor's precision."""
+        net = level_network(self.fast_model, tuple(levels))
+        classes, device, dtype = self.classes, self.device, self.precision.dtype
+
+        def run(x: torch.Tensor) -> dict[int, torch.Tensor]:
+            with runtime.inference_context(device, dtype):
+                return {lv: probabilities(logits.float(), classes) for lv, logits in net(x).items()}
+
+        return run
 
     def level_probabilities(self, image: torch.Tensor, levels: Sequence[int], tta: bool = False,
                             network: Callable[[torch.Tensor], dict[int, torch.Tensor]] | None = None
@@ -266,20 +220,19 @@ class Predictor:
                             patch_size=self.patch_size, overlap=self.overlap,
                             batch_size=self.batch_size, tta=tta, device=self.device)
 
-    def predict_tensor(self, image: torch.Tensor, mode: str | None = None, level: int | None = None,
+    def predict_tensor(self, image: torch.Tensor, mode: str | Mode | None = None, level: int | None = None,
                        tta: bool = False) -> torch.Tensor:
         """Probabilities ``(K', *S)`` of a prepared image in ``mode``."""
-        mode, level = self.resolve(mode, level)
-        probs = self.level_probabilities(image, self.mode_levels(mode, level), tta=tta)
-        return mode_probabilities(probs, mode, level)
+        mode = self.resolve(mode, level)
+        return combine_heads(self.level_probabilities(image, mode.levels(self.levels), tta=tta), mode)
 
-    def predict_proba(self, array: Any, mode: str | None = None, level: int | None = None,
+    def predict_proba(self, array: Any, mode: str | Mode | None = None, level: int | None = None,
                       tta: bool = False, normalised: bool = False) -> np.ndarray:
         """float32 probabilities ``(K', *S)`` (``K' = 1`` for a binary model, else K)."""
         probs = self.predict_tensor(self.prepare(array, normalised), mode, level, tta)
         return probs.numpy()
 
-    def predict(self, array: Any, mode: str | None = None, level: int | None = None,
+    def predict(self, array: Any, mode: str | Mode | None = None, level: int | None = None,
                 tta: bool = False, normalised: bool = False) -> np.ndarray:
         """int64 label map of the input's spatial shape (binary: 0/1; K classes: 0..K-1)."""
         probs = self.predict_tensor(self.prepare(array, normalised), mode, level, tta)
@@ -294,7 +247,7 @@ class Predictor:
         image, meta = read_input(path, self.data_config)
         return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), meta
 
-    def predict_file(self, path: str | os.PathLike, mode: str | None = None, level: int | None = None,
+    def predict_file(self, path: str | os.PathLike, mode: str | Mode | None = None, level: int | None = None,
                      tta: bool = False) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """``(labels, probabilities, meta)`` of an image file; write the mask with
         ``unetpp.data.io.write_mask(out, labels, meta)`` (the input's format and geometry)."""
@@ -305,16 +258,16 @@ class Predictor:
     def __repr__(self) -> str:
         cfg = self.model.config
         return (f"Predictor(run={str(self.run) if self.run else None!r}, arch={cfg.arch!r}, dims={cfg.dims}, "
-                f"levels={self.levels}, device={str(self.device)!r}, default={self.default_mode()})")
+                f"levels={self.levels}, device={str(self.device)!r}, default={str(self.default_mode())!r})")
 
 
 def load(run: str | os.PathLike, device: str | torch.device | None = "cpu", weights: str = WEIGHTS,
-         batch_size: int = 4, overlap: float = 0.5) -> Predictor:
+         batch_size: int = 4, overlap: float = 0.5, amp: bool | None = None) -> Predictor:
     """Load ``RUN`` (config.json + model.safetensors, no pickle) as a :class:`Predictor`.
 
     Raises :class:`~unetpp.errors.RunError` naming the file for a missing, tampered or
     incompatible run folder.
     """
-    dev = resolve_device(device)
+    dev = runtime.pick_device(device)
     model, config = load_model(run, weights=weights, device=dev)
-    return Predictor(model, config, run=run, device=dev, batch_size=batch_size, overlap=overlap)
+    return Predictor(model, config, run=run, device=dev, batch_size=batch_size, overlap=overlap, amp=amp)

@@ -42,12 +42,10 @@ from torch import nn
 
 from ..io import atomic_write_bytes, atomic_write_json
 from ..models import build_model, count_parameters
+from ..models.mode import Mode
 from ..models.summary import count_flops
 from ..run import PRUNE
 from .evaluate import Progress, check_compatible, score_modes, select_cases, summarise
-
-DEFAULT_PATCH = {2: (256, 256), 3: (96, 96, 96)}
-
 
 def measure_latency(nets: dict[str, Callable[[torch.Tensor], Any]], x: torch.Tensor, repeats: int = 10,
                     warmup: int = 2, budget_s: float = 30.0, min_repeats: int = 3) -> dict[str, float]:
@@ -104,8 +102,8 @@ def choose(scores: dict[str, dict[str, float]], tolerance: float) -> dict[str, A
     levels = sorted(int(k) for k in scores if k != "accurate")
     for level in levels:
         if best - scores[str(level)]["iou"] * 100.0 <= tolerance + eps:
-            return {"mode": "fast", "level": level}
-    return {"mode": "accurate", "level": None}
+            return Mode.fast(level).to_json()
+    return Mode.accurate().to_json()
 
 
 def prune(predictor: Any, ds: Any, tolerance: float = 0.5, repeats: int = 10, warmup: int = 2,
@@ -119,26 +117,23 @@ def prune(predictor: Any, ds: Any, tolerance: float = 0.5, repeats: int = 10, wa
     if not 0 <= tolerance <= 100:
         raise ValueError(f"--tolerance must be between 0 and 100 IoU points, got {tolerance}")
     check_compatible(ds, predictor)
-    model = predictor.model
+    model = predictor.fast_model  # the network predict runs: its latency is what a user gets
     names, source = select_cases(ds, predictor.config, "prune")
     multi = len(predictor.levels) > 1
-    modes: list[tuple[str, int | None]] = [("fast", lv) for lv in predictor.levels]
-    if multi:
-        modes.append(("accurate", None))
+    modes = [Mode.fast(lv) for lv in predictor.levels] + ([Mode.accurate()] if multi else [])
     scored = score_modes(predictor, ds, names, modes, tta=tta, progress=progress)
-    patch = predictor.patch_size or DEFAULT_PATCH[predictor.dims]
-    input_shape = (1, predictor.in_channels, *patch)
+    input_shape = (1, predictor.in_channels, *predictor.patch_size)  # latency of one training patch
     costs = measure_costs(model, input_shape, predictor.device, repeats, warmup)
 
-    def entry(mode: str, level: int | None, key: str) -> dict[str, Any]:
-        s = summarise(mode, level, scored[(mode, level)])
+    def entry(mode: Mode, key: str) -> dict[str, Any]:
+        s = summarise(mode.name, mode.level, scored[mode])
         e = {"iou": s["iou"], "dice": s["dice"], **costs[key]}
         if s.get("classes"):
             e["classes"] = s["classes"]
         return e
 
-    levels = {str(lv): entry("fast", lv, str(lv)) for lv in predictor.levels}
-    accurate = entry("accurate", None, "accurate") if multi else dict(levels[str(predictor.levels[-1])])
+    levels = {str(lv): entry(Mode.fast(lv), str(lv)) for lv in predictor.levels}
+    accurate = entry(Mode.accurate(), "accurate") if multi else dict(levels[str(predictor.levels[-1])])
     candidates = {**levels, "accurate": accurate} if multi else dict(levels)
     chosen = choose(candidates, tolerance)
     result = {"levels": levels, "accurate": accurate, "chosen": chosen, "tolerance": tolerance,

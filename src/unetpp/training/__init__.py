@@ -4,7 +4,8 @@
     run = train(TrainConfig(data="nuclei-2d", out="runs/a", epochs=50))   # -> Path of RUN
     run = train(data="nuclei-2d", out="runs/a", resume=True)                # go on where it stopped
 
-See :mod:`.loop` for the loop (and how resume is exact), :mod:`.config` for every setting.
+See :mod:`.loop` for the loop (and how resume is exact), :mod:`.config` for every setting
+and how a run's configuration is settled once, :mod:`.validate` for the validation score.
 """
 
 from .config import TrainConfig, read_config_file, resolve_config

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,8 @@ class TrainConfig:
     # optimisation (the paper's: Adam 3e-4, BCE + Dice on every head, early stopping)
     epochs: int = 100
     patience: int | None = 20           # epochs without a better validation score; None: never stop early
-    batch_size: int | None = None       # default 8 (2D) / 2 (3D)
-    patch_size: list[int] | None = None  # default 96 (2D) / 64 (3D) per axis
+    batch_size: int | None = None       # default 8 (2D) / 2 (3D); see settle()
+    patch_size: list[int] | None = None  # default 96 (2D) / 64 (3D) per axis, see settle()
     lr: float = 3e-4
     weight_decay: float = 0.0
     level_weights: list[float] | None = None  # loss weight per deep-supervision head, level 1 first
@@ -72,11 +73,11 @@ class TrainConfig:
     # runtime
     seed: int = 0
     device: str = "auto"
-    amp: bool = False
-    channels_last: bool = False
+    amp: bool | None = None             # None: on for CUDA, off elsewhere (unetpp.runtime decides)
+    channels_last: bool | None = None   # None: where it pays (unetpp.runtime decides)
     compile: bool = False
     deterministic: bool = False
-    resume: bool = False
+    resume: bool | str = False          # True: continue RUN; "auto": continue it if it has a checkpoint
     progress: str = "auto"              # auto | bar | log | none
     tensorboard: bool = True            # a TensorBoard log in RUN/tensorboard if it is installed
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept with the run
@@ -159,7 +160,12 @@ class TrainConfig:
         check_int("seed", 0, 2**32 - 1)
         if self.device not in DEVICES and not (isinstance(self.device, str) and self.device.startswith("cuda:")):
             p.append(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        for name in ("amp", "channels_last", "compile", "deterministic", "resume", "augment", "tensorboard"):
+        if self.resume not in (True, False, "auto"):
+            p.append(f"resume must be true, false or \"auto\", got {self.resume!r}")
+        for name in ("amp", "channels_last"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
+                p.append(f"{name} must be true, false or null, got {getattr(self, name)!r}")
+        for name in ("compile", "deterministic", "augment", "tensorboard"):
             if not isinstance(getattr(self, name), bool):
                 p.append(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.progress not in ("auto", "bar", "log", "none"):
@@ -189,6 +195,46 @@ class TrainConfig:
 
 
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
+#: the patch side per dims before it is fitted to the data (see :func:`settle`)
+PATCH_SIDE = {2: 96, 3: 64}
+BATCH_SIZE = {2: 8, 3: 2}
+
+
+def settle(cfg: TrainConfig, ds: Any, train_cases: Sequence[str]) -> TrainConfig:
+    """Decide once every value ``cfg`` leaves to the data and the model, and return the
+    config that is stored whole in ``RUN/config.json`` and read as stored afterwards
+    (prediction's sliding window is its patch size; a resumed run is not settled again).
+
+    - ``dims``: the dataset's (a volume dataset may train in 2D; a 2D one not in 3D);
+    - ``deep_supervision``: on for an architecture with a head per level (UNet++);
+    - ``base_filters``: from ``width`` and the architecture's base filters;
+    - ``patch_size``: one value per axis; by default 96 (2D) / 64 (3D), but no larger than
+      the largest training case rounded up to a multiple of ``2**depth``, so small images
+      are not padded to a big patch;
+    - ``batch_size``: 8 (2D) / 2 (3D).
+
+    Idempotent: settling a settled config changes nothing.
+    """
+    dims = cfg.dims or ds.spatial_dims
+    if dims == 3 and ds.spatial_dims == 2:
+        raise UnetppError(f"--dims 3: {cfg.data} holds 2D images; use --dims 2")
+    deep = cfg.deep_supervision if cfg.deep_supervision is not None else arch_spec(cfg.arch).deep_supervision
+    if cfg.patch_size:
+        patch = list(cfg.patch_size) * dims if len(cfg.patch_size) == 1 else list(cfg.patch_size)
+    else:
+        patch = _default_patch(ds, train_cases, dims, cfg.depth)
+    return cfg.replace(dims=dims, deep_supervision=deep, base_filters=cfg.filters(), patch_size=patch,
+                       batch_size=cfg.batch_size or BATCH_SIZE[dims])
+
+
+def _default_patch(ds: Any, cases: Sequence[str], dims: int, depth: int) -> list[int]:
+    side = PATCH_SIDE[dims]
+    try:
+        shapes = [tuple(ds.case_shape(n))[-dims:] for n in cases]
+    except Exception:  # noqa: BLE001 - a dataset without cheap shapes: the plain default
+        return [side] * dims
+    m = 2 ** depth
+    return [min(side, -(-max(s[d] for s in shapes) // m) * m) for d in range(dims)]
 DEFAULTS = TrainConfig()
 
 
