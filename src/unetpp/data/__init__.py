@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from ..errors import DataError
 from .check import check_dataset
-from .dataset import Case, SegDataset, data_home, open_dataset
+from .dataset import Case, SegDataset, open_dataset
+from .home import data_home
 
 __all__ = ["Case", "DataError", "SegDataset", "check_dataset", "data_home", "open_dataset"]

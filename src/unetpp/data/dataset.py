@@ -29,7 +29,6 @@ import numpy as np
 
 from ..errors import DataError
 from .check import Inspection, inspect, read_case
-from .home import data_home  # noqa: F401 - re-exported: unetpp.data.data_home
 from .layouts import CaseFiles
 from .normalize import MODALITIES, apply_normalization, fit_channel, modality_of, scheme_for
 from .resample import needs_resampling, new_shape, resize, target_spacing

@@ -15,10 +15,8 @@ Writers take the spatial array in the same order and the reader's ``meta`` and w
 file through :func:`unetpp.io.atomic_write_bytes`, so a mask written for an input has the
 input's format, grid and geometry.
 
-MHA/MHD (MetaImage): MONAI reads it only through ITK (a large optional package), so this
-module carries a small MetaImage reader/writer for the common single-file case (``.mha``
-with local data, or ``.mhd`` + one raw file; raw or zlib-compressed). Anything else is
-refused with a one-line error rather than guessed.
+MHA/MHD (MetaImage) is read and written by :mod:`.metaimage`; the header checks every reader
+makes before decoding (size limits, real data, finite geometry) are in :mod:`.limits`.
 
 Example::
 
@@ -33,7 +31,6 @@ import gzip
 import io
 import os
 import tempfile
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +38,9 @@ import numpy as np
 
 from ..errors import DataError
 from ..io import atomic_write_bytes
+from .limits import (DEFAULT_MAX_VOXELS, STREAM_CHECK_BYTES, _check_declared, _check_geometry,  # noqa: F401
+                     _check_real, _gzip_holds, _missing_path_error, max_voxels)
+from .metaimage import encode_metaimage, read_metaimage
 
 IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -69,97 +69,6 @@ def format_of(path: str | os.PathLike) -> str:
             ".tiff": "tif"}.get(s, "")
 
 
-# ----------------------------------------------------------------------------------- limits
-
-#: Largest image a reader decodes, in elements (voxels x channels): 2**30 (a 1024^3 volume,
-#: 4 GiB as float32) unless ``UNETPP_MAX_VOXELS`` says otherwise. Checked against what the
-#: file's *header* declares, before anything is allocated, so a header that claims an
-#: enormous image with a tiny body is refused at once instead of exhausting memory.
-DEFAULT_MAX_VOXELS = 2**30
-#: Compressed volumes declaring more than this many bytes are first checked to really hold
-#: that much data (a streaming pass that keeps nothing) before the decoder allocates it.
-STREAM_CHECK_BYTES = 256 * 2**20
-
-
-def max_voxels() -> int:
-    """The decoding limit in elements (``UNETPP_MAX_VOXELS``, default 2**30)."""
-    raw = os.environ.get("UNETPP_MAX_VOXELS", "")
-    try:
-        value = int(float(raw)) if raw.strip() else DEFAULT_MAX_VOXELS
-    except ValueError:
-        raise DataError(f"UNETPP_MAX_VOXELS={raw!r}: expected a number of voxels") from None
-    return max(1, value)
-
-
-def _check_declared(path: Path, shape: Any, what: str = "header") -> int:
-    """Refuse a declared shape that is invalid or larger than :func:`max_voxels`."""
-    dims = [int(n) for n in shape]
-    if any(n < 0 for n in dims):
-        raise DataError(f"{path}: the {what} declares a negative size {tuple(dims)}")
-    count = 1
-    for n in dims:
-        count *= n
-    if count == 0:
-        raise DataError(f"{path}: the {what} declares an empty image {tuple(dims)}")
-    limit = max_voxels()
-    if count > limit:
-        raise DataError(f"{path}: the {what} declares {' x '.join(map(str, dims))} = {count:,} elements, "
-                        f"more than the {limit:,} allowed (set UNETPP_MAX_VOXELS to raise the limit); "
-                        "refused before reading")
-    return count
-
-
-def _check_real(path: Path, dtype: Any) -> None:
-    """Only real numbers (ints, floats, bools) are image data; refuse complex, text, records."""
-    dt = np.dtype(dtype)
-    if dt.kind == "c":
-        raise DataError(f"{path}: complex-valued data ({dt}); expected real intensities "
-                        "(save the magnitude image instead)")
-    if dt.kind not in "biuf":
-        raise DataError(f"{path}: data of type {dt} is not numeric image data")
-
-
-def _check_geometry(path: Path, meta: dict[str, Any]) -> None:
-    """Voxel spacing must be finite and positive, the affine finite."""
-    spacing = meta.get("spacing")
-    if spacing is not None:
-        s = np.asarray(spacing, dtype=np.float64)
-        if not np.all(np.isfinite(s)) or np.any(s <= 0):
-            raise DataError(f"{path}: invalid voxel spacing {[float(x) for x in s]} in the header "
-                            "(must be finite and > 0); fix the file's header")
-    affine = meta.get("affine")
-    if affine is not None and not np.all(np.isfinite(np.asarray(affine, dtype=np.float64))):
-        raise DataError(f"{path}: the header's affine (orientation/origin) holds NaN or Inf values")
-
-
-def _gzip_holds(path: Path, needed: int) -> int:
-    """How many bytes (up to ``needed``) the gzip file decompresses to, keeping nothing."""
-    got = 0
-    with gzip.open(path, "rb") as f:
-        while got < needed:
-            chunk = f.read(min(4 * 2**20, needed - got))
-            if not chunk:
-                break
-            got += len(chunk)
-    return got
-
-
-def _missing_path_error(path: Path) -> DataError:
-    """Why ``path`` is not a readable file: missing, a folder, a broken or looping link."""
-    if path.is_symlink():
-        try:
-            os.stat(path)
-        except OSError as e:
-            if e.errno == getattr(__import__("errno"), "ELOOP", -1):
-                return DataError(f"{path}: symbolic link loop")
-            return DataError(f"{path}: broken symbolic link (to {os.readlink(path)})")
-    if path.is_dir():
-        return DataError(f"{path}: a folder, expected an image file")
-    if path.exists():
-        return DataError(f"{path}: not a regular file")
-    return DataError(f"{path}: file not found")
-
-
 # ----------------------------------------------------------------------------------- reading
 
 def read_file(path: str | os.PathLike, mask: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
@@ -179,7 +88,7 @@ def read_file(path: str | os.PathLike, mask: bool = False) -> tuple[np.ndarray, 
     if path.stat().st_size == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
     try:
-        reader = {"nifti": _read_nifti, "nrrd": _read_nrrd, "mha": _read_mha, "tif": _read_tif}
+        reader = {"nifti": _read_nifti, "nrrd": _read_nrrd, "mha": read_metaimage, "tif": _read_tif}
         array, meta = _read_pil(path, mask) if fmt in ("png", "jpg", "bmp") else reader[fmt](path)
     except DataError:
         raise
@@ -355,70 +264,6 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-_MHA_TYPES = {"MET_UCHAR": "u1", "MET_CHAR": "i1", "MET_USHORT": "u2", "MET_SHORT": "i2",
-              "MET_UINT": "u4", "MET_INT": "i4", "MET_ULONG_LONG": "u8", "MET_LONG_LONG": "i8",
-              "MET_FLOAT": "f4", "MET_DOUBLE": "f8"}
-
-
-def _read_mha(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    raw = path.read_bytes()
-    header: dict[str, str] = {}
-    pos = 0
-    while True:
-        end = raw.find(b"\n", pos)
-        if end < 0:
-            raise DataError(f"{path}: MetaImage header without ElementDataFile")
-        line = raw[pos:end].decode("latin-1").strip()
-        pos = end + 1
-        if "=" in line:
-            key, value = (s.strip() for s in line.split("=", 1))
-            header[key] = value
-            if key == "ElementDataFile":
-                break
-    dims = [int(x) for x in header["DimSize"].split()]
-    if len(dims) != 3:
-        raise DataError(f"{path}: MetaImage with DimSize {dims}; only 3D volumes are supported")
-    channels = int(header.get("ElementNumberOfChannels", "1"))
-    _check_declared(path, dims + [channels])
-    etype = header.get("ElementType", "")
-    if etype not in _MHA_TYPES:
-        raise DataError(f"{path}: MetaImage ElementType {etype!r} is not supported")
-    big = header.get("BinaryDataByteOrderMSB", header.get("ElementByteOrderMSB", "False")).lower() == "true"
-    dtype = np.dtype(_MHA_TYPES[etype]).newbyteorder(">" if big else "<")
-    datafile = header["ElementDataFile"]
-    if datafile == "LOCAL":
-        payload = raw[pos:]
-    elif " " in datafile or "%" in datafile or datafile == "LIST":
-        raise DataError(f"{path}: MetaImage with a list of data files is not supported")
-    else:
-        rel = Path(datafile)
-        if rel.is_absolute() or ".." in rel.parts:
-            raise DataError(f"{path}: ElementDataFile {datafile!r} points outside the header's folder")
-        with open(path.parent / rel, "rb") as f:  # no more than the header's size (+1 to see excess)
-            compressed = header.get("CompressedData", "False").lower() == "true"
-            payload = f.read() if compressed else f.read(int(np.prod(dims)) * channels * dtype.itemsize + 1)
-    count = int(np.prod(dims)) * channels
-    if header.get("CompressedData", "False").lower() == "true":
-        # never inflate more than the header's size (a zip bomb stops here)
-        payload = zlib.decompressobj().decompress(payload, count * dtype.itemsize)
-    if len(payload) < count * dtype.itemsize:
-        raise DataError(f"{path}: truncated MetaImage data ({len(payload)} bytes, "
-                        f"{count * dtype.itemsize} expected)")
-    # MetaImage stores x fastest: C-order shape (Z, Y, X, C).
-    data = np.frombuffer(payload[: count * dtype.itemsize], dtype=dtype).reshape(dims[::-1] + [channels])
-    array = np.ascontiguousarray(np.moveaxis(data, -1, 0).astype(dtype.newbyteorder("=")))
-    spacing = [float(x) for x in header.get("ElementSpacing", "1 1 1").split()]
-    offset = [float(x) for x in header.get("Offset", header.get("Position", "0 0 0")).split()]
-    matrix = np.asarray([float(x) for x in header.get("TransformMatrix", "1 0 0 0 1 0 0 0 1").split()]).reshape(3, 3)
-    aff = np.eye(4)
-    # TransformMatrix is written row by row with column i the direction of axis i.
-    aff[:3, :3] = matrix.T * np.asarray(spacing)[None, :]
-    aff[:3, 3] = offset
-    return array, {"affine": aff.tolist(), "spacing": spacing[::-1],
-                   "mha": {"TransformMatrix": matrix.reshape(-1).tolist(), "Offset": offset,
-                           "ElementSpacing": spacing}}
-
-
 # ----------------------------------------------------------------------------------- writing
 
 def write_file(path: str | os.PathLike, array: np.ndarray, meta: dict[str, Any]) -> Path:
@@ -448,7 +293,7 @@ def write_file(path: str | os.PathLike, array: np.ndarray, meta: dict[str, Any])
     elif fmt == "mha":
         if path.suffix.lower() == ".mhd":
             raise DataError(f"{path}: writing .mhd (two files) is not supported; use .mha")
-        data = _encode_mha(array, meta)
+        data = encode_metaimage(array, _affine_from_meta(meta))
     else:
         raise DataError(f"{path}: cannot write files of type {path.suffix or '(none)'}")
     return atomic_write_bytes(path, data)
@@ -529,30 +374,3 @@ def _encode_nrrd(array: np.ndarray, meta: dict[str, Any]) -> bytes:
         p = os.path.join(tmp, "out.nrrd")
         nrrd.write(p, np.ascontiguousarray(data), header, index_order="F")
         return Path(p).read_bytes()
-
-
-def _encode_mha(array: np.ndarray, meta: dict[str, Any]) -> bytes:
-    a = np.asarray(array)
-    channels = 1
-    if a.ndim == 4:
-        channels = a.shape[0]
-        a = np.moveaxis(a, 0, -1)
-    inv = {v: k for k, v in _MHA_TYPES.items()}
-    kind = a.dtype.newbyteorder("<").str[1:]
-    if kind not in inv:
-        a = a.astype(np.float32)
-        kind = "f4"
-    aff = _affine_from_meta(meta)
-    spacing = np.linalg.norm(aff[:3, :3], axis=0)
-    matrix = (aff[:3, :3] / np.where(spacing == 0, 1, spacing)[None, :]).T
-    dims = list(a.shape[:3])[::-1]
-    lines = ["ObjectType = Image", "NDims = 3", "BinaryData = True", "BinaryDataByteOrderMSB = False",
-             "CompressedData = False",
-             "TransformMatrix = " + " ".join(f"{x:g}" for x in matrix.reshape(-1)),
-             "Offset = " + " ".join(f"{x:g}" for x in aff[:3, 3]),
-             "ElementSpacing = " + " ".join(f"{x:g}" for x in spacing),
-             "DimSize = " + " ".join(str(d) for d in dims)]
-    if channels > 1:
-        lines.append(f"ElementNumberOfChannels = {channels}")
-    lines += [f"ElementType = {inv[kind]}", "ElementDataFile = LOCAL"]
-    return ("\n".join(lines) + "\n").encode("latin-1") + np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()
