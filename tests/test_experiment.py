@@ -121,7 +121,8 @@ def test_compare_bad_options(dataset, tmp_path, capsys):
 def test_compare_jobs_run_in_parallel_processes_with_the_same_results(compared, dataset, tmp_path):
     """--jobs 2: two spawned workers train the two runs at once; the runs are seeded and
     independent, so every score equals the one-at-a-time comparison's."""
-    from unetpp.experiment.compare import CompareConfig, compare, job_devices
+    from unetpp.experiment.compare import CompareConfig, compare
+    from unetpp.experiment.jobs import job_devices
 
     assert job_devices("cpu", 3) == ["cpu", "cpu", "cpu"]
     lines: list[str] = []
@@ -201,52 +202,52 @@ def test_demo_resumes_an_interrupted_run(dataset, tmp_path):
 
 
 def test_busy_cores_reads_the_cpu_time_of_other_processes_now(tmp_path, monkeypatch):
-    cmp = importlib.import_module("unetpp.experiment.compare")  # the package exports a function of that name
+    jobs = importlib.import_module("unetpp.experiment.jobs")
 
     stat = tmp_path / "stat"
     stat.write_text("cpu  10 20 30 40 50 60 70 80 90 100\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
-    assert cmp._cpu_times(stat) == (360, 90)  # guest time is already inside user time
+    assert jobs._cpu_times(stat) == (360, 90)  # guest time is already inside user time
     stat.write_text("intr 1 2 3\n")
-    assert cmp._cpu_times(stat) is None
-    assert cmp._cpu_times(tmp_path / "missing") is None
+    assert jobs._cpu_times(stat) is None
+    assert jobs._cpu_times(tmp_path / "missing") is None
 
-    monkeypatch.setattr(cmp.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(jobs.os, "cpu_count", lambda: 2)
     for samples, busy in (([(1000, 500), (1200, 600)], 1.0),   # half of the CPU time idle: one core busy
                           ([(1000, 500), (1200, 700)], 0.0),   # all idle
                           ([(1000, 500), (1200, 500)], 2.0)):  # none idle
         it = iter(samples)
-        monkeypatch.setattr(cmp, "_cpu_times", lambda stat=None: next(it))
-        assert cmp.busy_cores(interval=0) == pytest.approx(busy)
+        monkeypatch.setattr(jobs, "_cpu_times", lambda stat=None: next(it))
+        assert jobs.busy_cores(interval=0) == pytest.approx(busy)
     # no /proc/stat: the load average
-    monkeypatch.setattr(cmp, "_cpu_times", lambda stat=None: None)
-    monkeypatch.setattr(cmp.os, "getloadavg", lambda: (1.5, 0.0, 0.0))
-    assert cmp.busy_cores(interval=0) == 1.5
+    monkeypatch.setattr(jobs, "_cpu_times", lambda stat=None: None)
+    monkeypatch.setattr(jobs.os, "getloadavg", lambda: (1.5, 0.0, 0.0))
+    assert jobs.busy_cores(interval=0) == 1.5
 
 
 def test_set_threads_leaves_the_busy_cores_alone(monkeypatch):
     import torch
 
-    cmp = importlib.import_module("unetpp.experiment.compare")  # the package exports a function of that name
+    jobs = importlib.import_module("unetpp.experiment.jobs")
 
     before = torch.get_num_threads()
-    monkeypatch.setattr(cmp.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(jobs.os, "cpu_count", lambda: 4)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
     chosen: list[int] = []
     monkeypatch.setattr(torch, "set_num_threads", chosen.append)
     lines: list[str] = []
     try:
-        monkeypatch.setattr(cmp, "busy_cores", lambda: 1.2)
-        assert cmp.set_threads(None, lines.append) == 3
+        monkeypatch.setattr(jobs, "busy_cores", lambda: 1.2)
+        assert jobs.set_threads(None, lines.append) == 3
         assert "using 3 torch thread(s) instead of 4" in lines[-1]
-        monkeypatch.setattr(cmp, "busy_cores", lambda: 7.0)
-        assert cmp.set_threads(None, lines.append) == 1
-        monkeypatch.setattr(cmp, "busy_cores", lambda: 0.1)
+        monkeypatch.setattr(jobs, "busy_cores", lambda: 7.0)
+        assert jobs.set_threads(None, lines.append) == 1
+        monkeypatch.setattr(jobs, "busy_cores", lambda: 0.1)
         n = len(lines)
-        assert cmp.set_threads(None, lines.append) == 4 and len(lines) == n  # idle machine: nothing to say
-        assert cmp.set_threads(2, lines.append) == 2  # an explicit number is kept
-        assert cmp.set_threads(None, lines.append, jobs=2) == 2 and len(lines) == n  # 4 idle cores, 2 jobs
-        monkeypatch.setattr(cmp, "busy_cores", lambda: 1.2)
-        assert cmp.set_threads(None, lines.append, jobs=2) == 1
+        assert jobs.set_threads(None, lines.append) == 4 and len(lines) == n  # idle machine: nothing to say
+        assert jobs.set_threads(2, lines.append) == 2  # an explicit number is kept
+        assert jobs.set_threads(None, lines.append, jobs=2) == 2 and len(lines) == n  # 4 idle cores, 2 jobs
+        monkeypatch.setattr(jobs, "busy_cores", lambda: 1.2)
+        assert jobs.set_threads(None, lines.append, jobs=2) == 1
         assert "using 1 torch thread(s) per job instead of 2" in lines[-1]
         assert chosen == [3, 1, 4, 2, 2, 1]
     finally:

@@ -55,7 +55,8 @@ def compare(
                                     "points of the best.", rich_help_panel=H_BUDGET),
     prune_repeats: int = typer.Option(10, "--prune-repeats", help="Timed forward passes per level.",
                                       rich_help_panel=H_RUN),
-    amp: bool = typer.Option(False, "--amp/--no-amp", help="Mixed precision.", rich_help_panel=H_RUN),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision (see 'unetpp train "
+                                       "--help'). [default: on for CUDA, off on CPU]", rich_help_panel=H_RUN),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps.", rich_help_panel=H_RUN),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: the idle "
                                           "cores: fewer threads than cores on a busy CPU).", rich_help_panel=H_RUN),

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ..console import log as console_log
 from ..errors import UnetppError
 
 DEMO_FORMAT = "unetpp-demo"
@@ -128,11 +129,10 @@ def run_demo(cfg: DemoConfig | None = None, fresh: bool = False, log: Callable[[
     from ..inference.prune import prune
     from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
     from ..training import TrainConfig, train
-    from ..training.checkpoint import has_checkpoint
+    from .jobs import set_threads
 
     cfg = cfg or DemoConfig()
-    if log is None:
-        from ..cli.common import log  # stderr: plain lines in a pipe, rich on a terminal
+    log = log or console_log  # stderr: plain lines in a pipe, rich on a terminal
     out = Path(cfg.out)
     state = _open_state(out, cfg, fresh, log)
     report = out / REPORT
@@ -142,8 +142,6 @@ def run_demo(cfg: DemoConfig | None = None, fresh: bool = False, log: Callable[[
         return report
     out.mkdir(parents=True, exist_ok=True)
     _save_state(out, state)
-    from .compare import set_threads
-
     set_threads(cfg.threads, log)
     t_all = time.perf_counter()
     stages, seconds = state["stages"], state["seconds"]
@@ -174,14 +172,7 @@ def run_demo(cfg: DemoConfig | None = None, fresh: bool = False, log: Callable[[
                          tensorboard=False, extra={"demo": True})
         log(f"training UNet++ with deep supervision (width {cfg.width:g}, patch {cfg.patch_size}, "
             f"{cfg.minutes:g} min of training)")
-        if has_checkpoint(run) and (run / "config.json").is_file():
-            from .compare import resume_config
-
-            train(resume_config(tc))
-        else:
-            if run.exists():
-                shutil.rmtree(run)
-            train(tc)
+        train(tc.replace(resume="auto"))  # resumes an interrupted run, or starts it (again)
         stages["train"] = True
         seconds["train"] = seconds.get("train", 0.0) + time.perf_counter() - t0
         _save_state(out, state)
@@ -292,11 +283,11 @@ def report_markdown(cfg: DemoConfig, state: dict[str, Any], run: Path, ds: Any, 
 
     from .. import __version__
     from ..io import read_json
-    from .compare import _metrics_rows
+    from .compare import metrics_rows
 
     rc = read_json(run / "config.json")
     model = rc.get("model", {})
-    rows = _metrics_rows(run)
+    rows = metrics_rows(run)
     best = max(rows, key=lambda r: r.get("val_score", -1)) if rows else {}
     c = evaluation["chosen"]
     mode = "accurate" if c["mode"] == "accurate" else f"fast, level L{c['level']}"
