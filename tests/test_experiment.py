@@ -202,7 +202,7 @@ def test_demo_resumes_an_interrupted_run(dataset, tmp_path):
 
 
 def test_busy_cores_reads_the_cpu_time_of_other_processes_now(tmp_path, monkeypatch):
-    jobs = importlib.import_module("unetpp.experiment.jobs")
+    jobs = importlib.import_module("unetpp.runtime.threads")
 
     stat = tmp_path / "stat"
     stat.write_text("cpu  10 20 30 40 50 60 70 80 90 100\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
@@ -227,7 +227,7 @@ def test_busy_cores_reads_the_cpu_time_of_other_processes_now(tmp_path, monkeypa
 def test_set_threads_leaves_the_busy_cores_alone(monkeypatch):
     import torch
 
-    jobs = importlib.import_module("unetpp.experiment.jobs")
+    jobs = importlib.import_module("unetpp.runtime.threads")
 
     before = torch.get_num_threads()
     monkeypatch.setattr(jobs.os, "cpu_count", lambda: 4)

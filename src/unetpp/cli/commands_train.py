@@ -57,7 +57,7 @@ def train(
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Training augmentation. "
                                            "[default: on]", rich_help_panel=H_DATA),
     num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Loader worker processes. "
-                                              "[default: 0]", rich_help_panel=H_DATA),
+                                              "[default: CUDA: cores-1 (max 8); CPU: 0]", rich_help_panel=H_DATA),
     seed: Optional[int] = typer.Option(None, help="Seed of everything (init, split, patches). [default: 0]",
                                        rich_help_panel=H_RUN),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps. [default: auto]",

@@ -229,7 +229,7 @@ def compare(config: CompareConfig | None = None, command: str | None = None,
     from ..inference.evaluate import select_cases
     from ..io import read_json
     from ..training import TrainingError
-    from .jobs import set_threads
+    from ..runtime import set_threads
     from .report import build_results, write_results
 
     cfg = CompareConfig(**{**(config.to_dict() if config else {}), **overrides})

@@ -129,7 +129,7 @@ def run_demo(cfg: DemoConfig | None = None, fresh: bool = False, log: Callable[[
     from ..inference.prune import prune
     from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
     from ..training import TrainConfig, train
-    from .jobs import set_threads
+    from ..runtime import set_threads
 
     cfg = cfg or DemoConfig()
     log = log or console_log  # stderr: plain lines in a pipe, rich on a terminal

@@ -1,8 +1,7 @@
 """Running jobs on a shared machine: how many torch threads, which device, and ``--jobs N``.
 
-- :func:`set_threads` picks the torch threads from the cores that are idle *now* (read from
-  /proc/stat): on a CPU busy with other work, more compute threads than idle cores make
-  every step several times slower.
+- (the torch threads of each job: :func:`unetpp.runtime.set_threads`, the idle cores shared
+  out between the jobs);
 - :func:`job_devices` shares several GPUs out between the workers.
 - :func:`run_jobs` runs :class:`Job` s N at a time, one process each, and hands each one's
   result (or error) to a callback.
@@ -28,66 +27,12 @@ import os
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..console import log as console_log
 
 
 # ------------------------------------------------------------------------------ threads, devices
-def _cpu_times(stat: Path = Path("/proc/stat")) -> tuple[int, int] | None:
-    """(all jiffies, idle jiffies) summed over the CPUs, from the first line of /proc/stat;
-    None where there is no such file (macOS, Windows)."""
-    try:
-        fields = stat.read_text().split("\n", 1)[0].split()
-    except OSError:
-        return None
-    if not fields or fields[0] != "cpu" or len(fields) < 6:
-        return None
-    values = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
-    return sum(values), values[3] + values[4]
-
-
-def busy_cores(interval: float = 0.5, stat: Path = Path("/proc/stat")) -> float:
-    """How many cores other processes keep busy *now*: the CPU time that was not idle over
-    ``interval`` seconds (this process sleeps meanwhile). Falls back to the 1-minute load
-    average where /proc/stat is missing; that lags by a minute, so right after a heavy job
-    (e.g. ``pip install`` before ``make demo``) it would still count cores that are free."""
-    before = _cpu_times(stat)
-    if before is not None:
-        time.sleep(interval)
-        after = _cpu_times(stat)
-        if after is not None and after[0] > before[0]:
-            idle_share = (after[1] - before[1]) / (after[0] - before[0])
-            return max(0.0, (1.0 - idle_share) * (os.cpu_count() or 1))
-    try:
-        return os.getloadavg()[0]
-    except (OSError, AttributeError):
-        return 0.0
-
-
-def set_threads(threads: int | None, log: Callable[[str], None], jobs: int = 1) -> int:
-    """``torch.set_num_threads``: ``threads``, or (None) the idle cores shared out between
-    ``jobs`` processes.
-
-    On a CPU busy with other work, more compute threads than idle cores make every step
-    several times slower (the threads wait for each other), so with no explicit number we
-    take ``(cpu_count - round(busy_cores())) // jobs`` (at least 1, at most torch's default).
-    """
-    import torch
-
-    if threads is None:
-        default = torch.get_num_threads()
-        busy = busy_cores()
-        idle = max(1, min(default, (os.cpu_count() or 1) - int(round(busy))))
-        threads, unbusy = max(1, idle // jobs), max(1, default // jobs)
-        if threads < unbusy:
-            log(f"the CPU is busy (other processes use {busy:.1f} of {os.cpu_count()} cores): using {threads} "
-                f"torch thread(s){' per job' if jobs > 1 else ''} instead of {unbusy} (--threads to choose)")
-    torch.set_num_threads(threads)
-    return threads
-
-
 def job_devices(device: str, jobs: int) -> list[str]:
     """The device of each worker: with several GPUs, worker k gets ``cuda:(k mod count)``;
     otherwise every worker gets ``device``."""
@@ -277,5 +222,4 @@ def run_jobs(jobs: Sequence[Job], workers: int, record: Callable[[Job, Any, str 
         raise JobsInterrupted(signals)
 
 
-__all__ = ["Job", "JobFailed", "JobStopped", "JobsInterrupted", "busy_cores", "job_devices", "run_jobs",
-           "set_threads"]
+__all__ = ["Job", "JobFailed", "JobStopped", "JobsInterrupted", "job_devices", "run_jobs"]

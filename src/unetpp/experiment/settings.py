@@ -80,7 +80,7 @@ class CompareConfig:
     device: str = "auto"
     threads: int | None = None          # torch threads (None: the idle cores, see set_threads)
     jobs: int = 1                       # runs trained at once, one process each
-    num_workers: int = 0
+    num_workers: int | None = None      # None: unetpp.runtime.loader_workers
     progress: str = "log"               # training progress: auto | bar | log | none
 
     def validate(self) -> "CompareConfig":

@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from .config import PRESETS, ModelConfig
+from .mode import MODES, Mode, combine_heads, resolve_mode
 from .registry import ArchSpec, arch_names, arch_spec, check_deep_supervision, register_arch
 from .unet import UNet
 from .unetpp import UNetPlusPlus
@@ -62,6 +63,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["PRESETS", "ArchSpec", "ModelConfig", "UNet", "UNetPlusPlus", "arch_names", "arch_spec",
+__all__ = ["MODES", "PRESETS", "ArchSpec", "Mode", "combine_heads", "resolve_mode", "ModelConfig", "UNet", "UNetPlusPlus", "arch_names", "arch_spec",
            "build_model", "check_deep_supervision", "count_parameters", "create_model", "list_models",
            "register_arch"]

@@ -65,7 +65,7 @@ class TrainConfig:
     folds: int = 5
     fold: int | None = None
     augment: bool = True
-    num_workers: int = 0
+    num_workers: int | None = None      # None: unetpp.runtime.loader_workers (CUDA: cores-1, CPU: 0)
     # validation: whole images/volumes through the sliding-window engine, per case
     monitor: str = "accurate"           # accurate (mean of heads) | mean (of per-head scores) | L<k>
     val_overlap: float = 0.5
@@ -151,7 +151,7 @@ class TrainConfig:
         check_int("fold", 0, optional=True)
         if isinstance(self.fold, int) and isinstance(self.folds, int) and self.fold >= self.folds:
             p.append(f"--fold must be in 0..{self.folds - 1} (--folds {self.folds}), got {self.fold}")
-        check_int("num_workers", 0, 256)
+        check_int("num_workers", 0, 256, optional=True)
         if self.monitor not in MONITORS and not (isinstance(self.monitor, str) and self.monitor[:1] == "L"
                                                  and self.monitor[1:].isdigit()):
             p.append(f"monitor must be accurate, mean or L<level>, got {self.monitor!r}")

@@ -239,7 +239,8 @@ def _build(cfg: TrainConfig, ds: Any, saved: dict[str, Any] | None, device: torc
     samples = cfg.steps_per_epoch * batch_size if cfg.steps_per_epoch else None
     loader = make_train_loader(ds, split["train"], dims=model_config.dims, patch_size=patch, batch_size=batch_size,
                                seed=cfg.seed + info.rank * distributed.RANK_SEED_STRIDE, augment=cfg.augment,
-                               num_workers=cfg.num_workers, samples_per_epoch=samples)
+                               num_workers=runtime.loader_workers(device) if cfg.num_workers is None else cfg.num_workers,
+                               samples_per_epoch=samples)
     validator = Validator(ds, split["val"], patch, cfg.val_overlap, cfg.val_batch_size, info, device,
                           dtype=precision.dtype)
     return _Parts(cfg, model_config, split, model, net, optimizer, criterion, setup, precision.grad_scaler(),
