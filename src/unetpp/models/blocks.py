@@ -58,6 +58,8 @@ class ConvBlock(nn.Module):
         in_channels: channels of the input (for a UNet++ node: the concatenated skips plus
             the upsampled tensor).
         out_channels: filters of the node, ``k_i``.
+        kernel_size: the kernel of both convs, one int or one per axis (1 or 3, e.g.
+            ``(1, 3, 3)`` along a coarse slice axis); padding ``k // 2`` per axis keeps the size.
 
     Shapes: ``(N, in_channels, *S) -> (N, out_channels, *S)`` with ``len(S) == dims``.
 
@@ -65,13 +67,15 @@ class ConvBlock(nn.Module):
     """
 
     def __init__(self, dims: int, in_channels: int, out_channels: int, norm: str = "none",
-                 act: str = "relu"):
+                 act: str = "relu", kernel_size: int | Sequence[int] = 3):
         super().__init__()
         conv = conv_nd(dims)
+        padding = kernel_size // 2 if isinstance(kernel_size, int) else tuple(k // 2 for k in kernel_size)
         layers: list[nn.Module] = []
         for c_in in (in_channels, out_channels):
             n = norm_nd(norm, dims, out_channels)
-            layers.append(conv(c_in, out_channels, kernel_size=3, padding=1, bias=n is None))
+            layers.append(conv(c_in, out_channels, kernel_size=kernel_size, padding=padding,
+                               bias=n is None))
             if n is not None:
                 layers.append(n)
             layers.append(activation(act))
@@ -113,18 +117,22 @@ class ConvBlock(nn.Module):
 
 
 class Up(nn.Module):
-    """The upsampling U: doubles each spatial size and maps ``in_channels -> out_channels``.
+    """The upsampling U: multiplies each spatial size by ``stride`` (2 by default, or one
+    factor per axis such as ``(1, 2, 2)``) and maps ``in_channels -> out_channels``.
 
-    ``transpose``: a 2x2[x2] stride-2 transposed conv (the paper). ``interp``: nearest
-    upsampling then a 1x1 conv, which avoids the transposed conv's checkerboard artefacts.
+    ``transpose``: a transposed conv with kernel = stride (2x2[x2] stride 2 in the paper).
+    ``interp``: nearest upsampling then a 1x1 conv, which avoids the transposed conv's
+    checkerboard artefacts.
     """
 
-    def __init__(self, dims: int, in_channels: int, out_channels: int, mode: str = "transpose"):
+    def __init__(self, dims: int, in_channels: int, out_channels: int, mode: str = "transpose",
+                 stride: int | Sequence[int] = 2):
         super().__init__()
         if mode == "transpose":
-            self.up = conv_transpose_nd(dims)(in_channels, out_channels, kernel_size=2, stride=2)
+            self.up = conv_transpose_nd(dims)(in_channels, out_channels, kernel_size=stride, stride=stride)
         elif mode == "interp":
-            self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+            scale = stride if isinstance(stride, int) else tuple(float(f) for f in stride)
+            self.up = nn.Sequential(nn.Upsample(scale_factor=scale, mode="nearest"),
                                     conv_nd(dims)(in_channels, out_channels, kernel_size=1))
         else:
             raise ValueError(f"up must be one of {UPS}, got {mode!r}")
@@ -133,19 +141,29 @@ class Up(nn.Module):
         return self.up(x)
 
 
-def max_pool(x: torch.Tensor) -> torch.Tensor:
-    return F.max_pool2d(x, 2) if x.dim() == 4 else F.max_pool3d(x, 2)
+def max_pool(x: torch.Tensor, stride: int | Sequence[int] = 2) -> torch.Tensor:
+    """Max pooling with kernel = ``stride`` (one int, or one factor per axis; 1 keeps the axis)."""
+    if not isinstance(stride, int):
+        stride = tuple(stride)
+        if all(f == 1 for f in stride):
+            return x
+    return F.max_pool2d(x, stride) if x.dim() == 4 else F.max_pool3d(x, stride)
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """Zero-pad the spatial dims of ``x`` up to a multiple of ``multiple`` (at the end).
+def pad_to_multiple(x: torch.Tensor, multiple: int | Sequence[int]) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Zero-pad the spatial dims of ``x`` up to a multiple of ``multiple`` (at the end):
+    one int for every axis, or one per spatial axis (e.g. ``(2, 16, 16)``).
 
     Returns the padded tensor and the original spatial shape, for :func:`crop_to`.
     """
     spatial = tuple(x.shape[2:])
+    multiples = (multiple,) * len(spatial) if isinstance(multiple, int) else tuple(multiple)
+    if len(multiples) != len(spatial):
+        raise ValueError(f"multiple must be one int or {len(spatial)} ints (one per spatial axis), "
+                         f"got {multiple!r}")
     pads: list[int] = []
-    for s in reversed(spatial):  # F.pad takes the last dim first
-        pads += [0, (-s) % multiple]
+    for s, m in zip(reversed(spatial), reversed(multiples)):  # F.pad takes the last dim first
+        pads += [0, (-s) % m]
     if any(pads):
         x = F.pad(x, pads)
     return x, spatial

@@ -7,11 +7,13 @@ cheaply (see :meth:`ModelConfig.from_dict`).
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from .blocks import ACTS, NORMS, UPS
 from .registry import arch_names, arch_spec
+from .topology import patch_multiple
 
 PRESETS = ("paper", "modern")
 
@@ -34,6 +36,17 @@ PRESET_SETTINGS: dict[str, dict[str, Any]] = {
 class ModelConfig:
     """Everything that defines a network's structure.
 
+    ``strides`` and ``kernel_sizes`` describe an anisotropic network (see
+    :func:`unetpp.models.topology.plan_topology`); ``None``, the default, is the isotropic
+    network of the paper (pool 2 on every axis, 3x3[x3] kernels), so old ``config.json`` files
+    without these keys build the same network:
+
+    - ``strides``: per level i = 1..depth, the pooling factor per spatial axis (1 or 2), e.g.
+      ``[[1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2]]``; the transposed conv from row i back to
+      row i-1 uses the same factors as its kernel and stride;
+    - ``kernel_sizes``: per row i = 0..depth, the conv kernel per spatial axis (1 or 3), e.g.
+      ``[[1, 3, 3], [1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]]``.
+
     Example:
         >>> cfg = ModelConfig.from_preset("unetpp", "paper", dims=2)
         >>> cfg.filters
@@ -51,9 +64,15 @@ class ModelConfig:
     up: str = "transpose"
     deep_supervision: bool = True
     preset: str = "paper"
+    strides: tuple[tuple[int, ...], ...] | None = None
+    kernel_sizes: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
+        for name in ("strides", "kernel_sizes"):  # JSON lists -> tuples: hashable, immutable
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(tuple(row) for row in value))
 
     @property
     def filters(self) -> tuple[int, ...]:
@@ -66,6 +85,21 @@ class ModelConfig:
         if self.deep_supervision and arch_spec(self.arch).deep_supervision:
             return tuple(range(1, self.depth + 1))
         return (self.depth,)
+
+    @property
+    def pool_strides(self) -> tuple[tuple[int, ...], ...]:
+        """``strides`` with the default filled in: per level 1..depth, the factor per axis."""
+        return self.strides or ((2,) * self.dims,) * self.depth
+
+    @property
+    def conv_kernels(self) -> tuple[tuple[int, ...], ...]:
+        """``kernel_sizes`` with the default filled in: per row 0..depth, the kernel per axis."""
+        return self.kernel_sizes or ((3,) * self.dims,) * (self.depth + 1)
+
+    @property
+    def pad_multiple(self) -> tuple[int, ...]:
+        """Per axis, the product of the strides: inputs are padded to a multiple of it."""
+        return patch_multiple(self.pool_strides)
 
     def validate(self) -> None:
         problems = []
@@ -92,6 +126,11 @@ class ModelConfig:
             problems.append(f"deep_supervision must be true or false, got {self.deep_supervision!r}")
         if self.preset not in PRESETS + ("custom",):
             problems.append(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        if not problems:  # the shapes below need a valid depth and dims
+            problems += _grid_problems("strides", self.strides, self.depth, "level i = 1..depth",
+                                       self.dims, (1, 2))
+            problems += _grid_problems("kernel_sizes", self.kernel_sizes, self.depth + 1,
+                                       "row i = 0..depth", self.dims, (1, 3))
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -112,7 +151,15 @@ class ModelConfig:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready fields; ``strides``/``kernel_sizes`` as lists of lists, and left out when
+        ``None`` so that an isotropic config reads exactly as before they existed."""
+        data = asdict(self)
+        for name in ("strides", "kernel_sizes"):
+            if data[name] is None:
+                del data[name]
+            else:
+                data[name] = [list(row) for row in data[name]]
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> "ModelConfig":
@@ -127,3 +174,20 @@ class ModelConfig:
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return replace(self, **changes)
+
+
+def _grid_problems(name: str, value: Any, rows: int, what: str, dims: int, allowed: tuple[int, ...]) -> list[str]:
+    """``[]`` if ``value`` is None or ``rows`` lists of ``dims`` values in ``allowed``, else the
+    one line that says what was expected (checked by length first: a huge list costs nothing)."""
+    if value is None:
+        return []
+    ok = isinstance(value, (list, tuple)) and len(value) == rows and all(
+        isinstance(row, (list, tuple)) and len(row) == dims and all(
+            type(v) is int and v in allowed for v in row) for row in value)
+    if ok:
+        return []
+    shown = reprlib.repr(value)  # bounded: a hostile list of a million rows prints six
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    choices = " or ".join(map(str, allowed))
+    return [f"{name} must be null or {rows} lists (one per {what}) of {dims} values, each {choices}, "
+            f"got {shown}"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -24,15 +25,20 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return int(counter.get_total_flops())
 
 
-def summarize(config: ModelConfig, size: int = 96) -> dict[str, Any]:
+def summarize(config: ModelConfig, size: int | Sequence[int] = 96) -> dict[str, Any]:
     """``{"arch", "preset", "dims", "params": {"total", "levels"}, "flops"}``.
 
     ``params.levels[L]`` counts UNet++ L<L> with its one head (``model.prune(L)``); ``total``
-    counts the full network with every head. ``flops[L]`` is for one image of side ``size``.
+    counts the full network with every head. ``flops[L]`` is for one image of side ``size``
+    (one int for every axis, or one per axis, e.g. ``(24, 160, 160)`` for an anisotropic
+    config's patch; the network pads it to ``config.pad_multiple`` as in training).
     """
     with torch.device("meta"):
         model = build_model(config)
-    shape = (1, config.in_channels) + (size,) * config.dims
+    sides = (size,) * config.dims if isinstance(size, int) else tuple(int(s) for s in size)
+    if len(sides) != config.dims:
+        raise ValueError(f"size must be one int or {config.dims} ints, got {size!r}")
+    shape = (1, config.in_channels) + sides
     levels: dict[str, int] = {}
     flops: dict[str, int] = {}
     for level in config.levels:
@@ -40,5 +46,6 @@ def summarize(config: ModelConfig, size: int = 96) -> dict[str, Any]:
         levels[str(level)] = count_parameters(pruned)
         flops[str(level)] = count_flops(pruned, shape)
     return {"arch": config.arch, "preset": config.preset, "dims": config.dims,
-            "in_channels": config.in_channels, "classes": config.classes, "size": size,
+            "in_channels": config.in_channels, "classes": config.classes,
+            "size": size if isinstance(size, int) else list(sides),
             "params": {"total": count_parameters(model), "levels": levels}, "flops": flops}

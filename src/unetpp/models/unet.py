@@ -22,7 +22,9 @@ from .unetpp import _check_input
 class UNet(nn.Module):
     """U-Net for 2D or 3D images; ``arch`` ``"unet"`` or ``"wide-unet"``.
 
-    Input ``(N, in_channels, *S)``, any spatial size; output logits ``(N, classes, *S)``.
+    Input ``(N, in_channels, *S)``, any spatial size (padded to ``config.pad_multiple`` per
+    axis inside and cropped back); output logits ``(N, classes, *S)``. ``config.strides`` and
+    ``config.kernel_sizes`` give per-axis pooling and kernels as for UNet++.
 
     Example:
         >>> from unetpp import create_model
@@ -37,12 +39,16 @@ class UNet(nn.Module):
             raise ValueError(f"UNet needs arch 'unet' or 'wide-unet', got {config.arch!r}")
         self.config = config
         self.depth = config.depth
+        self.pad_multiple: tuple[int, ...] = config.pad_multiple
         k, d, norm, act = config.filters, config.dims, config.norm, config.act
+        strides, kernels = config.pool_strides, config.conv_kernels
         self.encoder = nn.ModuleList(
-            ConvBlock(d, config.in_channels if i == 0 else k[i - 1], k[i], norm, act)
+            ConvBlock(d, config.in_channels if i == 0 else k[i - 1], k[i], norm, act, kernel_size=kernels[i])
             for i in range(config.depth + 1))
-        self.ups = nn.ModuleList(Up(d, k[i + 1], k[i], config.up) for i in range(config.depth))
-        self.decoder = nn.ModuleList(ConvBlock(d, 2 * k[i], k[i], norm, act) for i in range(config.depth))
+        self.ups = nn.ModuleList(Up(d, k[i + 1], k[i], config.up, stride=strides[i])
+                                 for i in range(config.depth))
+        self.decoder = nn.ModuleList(ConvBlock(d, 2 * k[i], k[i], norm, act, kernel_size=kernels[i])
+                                     for i in range(config.depth))
         self.head = conv_nd(d)(k[0], config.classes, kernel_size=1)
         self.output_levels = (config.depth,)
 
@@ -52,10 +58,11 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.config)
-        x, spatial = pad_to_multiple(x, 2 ** self.depth)
+        x, spatial = pad_to_multiple(x, self.pad_multiple)
+        strides = self.config.pool_strides
         skips = []
         for i, block in enumerate(self.encoder):
-            x = block(x if i == 0 else max_pool(x))
+            x = block(x if i == 0 else max_pool(x, strides[i - 1]))
             skips.append(x)
         x = skips.pop()
         for i in reversed(range(self.depth)):

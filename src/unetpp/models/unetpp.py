@@ -47,7 +47,8 @@ class UNetPlusPlus(nn.Module):
         config: a :class:`ModelConfig` with ``arch="unetpp"``.
 
     Input ``(N, in_channels, *S)`` with ``len(S) == dims``, any spatial size (padded to a
-    multiple of ``2**depth`` inside and cropped back). Output: logits ``(N, classes, *S)``;
+    multiple of ``config.pad_multiple`` per axis inside, ``2**depth`` unless ``config.strides``
+    says otherwise, and cropped back). Output: logits ``(N, classes, *S)``;
     with deep supervision a ``dict`` ``{level: logits}`` for levels 1..depth.
 
     Example:
@@ -69,13 +70,13 @@ class UNetPlusPlus(nn.Module):
         # ``level`` < depth builds UNet++ L<level> (what :meth:`prune` returns): the nodes with
         # i + j <= level and that one head. It keeps the full network's padding multiple:
         # padding to a smaller one would change what the border pixels see, and its output
-        # would no longer equal the full network's head.
-        self.pad_multiple = 2 ** config.depth
+        # would no longer equal the full network's head. One multiple per spatial axis.
+        self.pad_multiple: tuple[int, ...] = config.pad_multiple
         self.depth = config.depth if level is None else level
         #: levels this module returns; a dict of them unless ``single_output``.
         self.output_levels: tuple[int, ...] = config.levels if level is None else (level,)
         self.single_output = level is not None or not config.deep_supervision
-        k = config.filters
+        k, strides, kernels = config.filters, config.pool_strides, config.conv_kernels
         d, norm, act = config.dims, config.norm, config.act
         self.nodes = nn.ModuleDict()
         self.ups = nn.ModuleDict()
@@ -85,9 +86,10 @@ class UNetPlusPlus(nn.Module):
                 if j == 0:
                     c_in = config.in_channels if i == 0 else k[i - 1]
                 else:
-                    self.ups[f"{i}_{j}"] = Up(d, k[i + 1], k[i], config.up)
+                    # row i+1 -> row i undoes the pooling of level i+1
+                    self.ups[f"{i}_{j}"] = Up(d, k[i + 1], k[i], config.up, stride=strides[i])
                     c_in = (j + 1) * k[i]  # j same-row skips plus the upsampled tensor
-                self.nodes[f"{i}_{j}"] = ConvBlock(d, c_in, k[i], norm, act)
+                self.nodes[f"{i}_{j}"] = ConvBlock(d, c_in, k[i], norm, act, kernel_size=kernels[i])
         conv = conv_nd(d)
         self.heads = nn.ModuleDict({str(lv): conv(k[0], config.classes, kernel_size=1)
                                     for lv in self.output_levels})
@@ -101,8 +103,9 @@ class UNetPlusPlus(nn.Module):
         _check_input(x, self.config)
         x, spatial = pad_to_multiple(x, self.pad_multiple)
         nodes: dict[tuple[int, int], torch.Tensor] = {(0, 0): self.nodes["0_0"](x)}
+        strides = self.config.pool_strides
         for s in range(1, self.depth + 1):
-            nodes[(s, 0)] = self.nodes[f"{s}_0"](max_pool(nodes[(s - 1, 0)]))
+            nodes[(s, 0)] = self.nodes[f"{s}_0"](max_pool(nodes[(s - 1, 0)], strides[s - 1]))
             for j in range(1, s + 1):
                 i = s - j
                 up = self.ups[f"{i}_{j}"](nodes[(i + 1, j - 1)])
@@ -131,7 +134,11 @@ class UNetPlusPlus(nn.Module):
         for name in ("nodes", "ups", "heads"):
             mine = getattr(self, name)
             setattr(pruned, name, nn.ModuleDict({key: mine[key] for key in getattr(pruned, name)}))
-        pruned.config = self.config.replace(depth=level, deep_supervision=False)
+        cfg = self.config
+        pruned.config = cfg.replace(  # the topology of the rows it keeps
+            depth=level, deep_supervision=False,
+            strides=None if cfg.strides is None else cfg.strides[:level],
+            kernel_sizes=None if cfg.kernel_sizes is None else cfg.kernel_sizes[:level + 1])
         pruned.pad_multiple = self.pad_multiple  # a pruned network of a pruned network too
         pruned.train(self.training)
         return pruned

@@ -23,8 +23,7 @@ interrupted mid-epoch stores the RNG state of that epoch's start and the number 
 done; resuming replays the loader past those steps (no compute) and goes on, so on CPU it
 ends with the very same weights as a run never stopped.
 
-**Validation score** (which checkpoint is "best", and early stopping): see
-:mod:`unetpp.training.validate`.
+**Validation score** (which checkpoint is "best", early stopping): :mod:`.validate`.
 """
 
 from __future__ import annotations
