@@ -225,7 +225,8 @@ def test_sample_name_resolves_to_fetched_folder(tmp_path, monkeypatch):
 
 
 def test_cache_keeps_decoded_cases(synthetic_2d):
-    ds = open_dataset(synthetic_2d, cache_bytes=2 * 48 * 48 * 12)  # room for two cases
+    # the in-memory LRU cache of the unprepared path (prepared datasets read memory maps)
+    ds = open_dataset(synthetic_2d, cache_bytes=2 * 48 * 48 * 12, prepared=False)  # room for two cases
     a = ds.load_case("case_000")
     assert ds.load_case("case_000") is a
     ds.load_case("case_001")

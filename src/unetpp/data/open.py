@@ -1,0 +1,77 @@
+"""Opening a dataset: a folder in any layout, or a fetched sample's name, read from its
+prepared copy (:mod:`unetpp.data.prepare`) or decoded file by file (``prepared=False``).
+
+    >>> ds = open_dataset("nuclei-2d")      # a fetched sample    # doctest: +SKIP
+    >>> ds = open_dataset("Task03_Liver")   # any layout         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import DataError
+from .check import inspect
+from .dataset import SegDataset
+from .samples import resolve
+
+
+def open_dataset(path_or_name: str | os.PathLike, modality: str | None = None,
+                 ct_window: Sequence[float] | None = None, cache_bytes: int = 2 * 2**30,
+                 prepared: bool | None = None, workers: int | None = None) -> Any:
+    """Open and check a dataset folder (any supported layout) or a fetched sample's name.
+
+    By default the dataset is read from its prepared copy (:mod:`unetpp.data.prepare`):
+    opening a prepared dataset reads ``plan.json`` and stats the source files, no image is
+    decoded; an unprepared (or changed) one is prepared first, saying so. The result
+    (:class:`~unetpp.data.prepared.PreparedDataset`) has :class:`SegDataset`'s interface.
+
+    Args:
+        path_or_name: a folder, or a sample name such as ``"nuclei-2d"``.
+        modality: override the detected modality (``ct``, ``mri``, ``microscopy``, ``rgb``,
+            ``other``), which selects the normalisation.
+        ct_window: a fixed CT clip window ``(lo, hi)`` in HU instead of the dataset's
+            foreground 0.5/99.5 percentiles.
+        cache_bytes: memory for decoded cases (unprepared reading only).
+        prepared: False reads and decodes the files every time (the old way, kept for
+            comparison); None/True use the prepared copy. ``UNETPP_PREPARE=0`` sets False.
+        workers: processes for preparing (default: the cores, or 1 for a few cases).
+
+    Raises:
+        DataError: one line per problem found in the dataset (see :mod:`unetpp.data.check`).
+    """
+    root = resolve(path_or_name)
+    if prepared is None:
+        prepared = os.environ.get("UNETPP_PREPARE", "1").strip().lower() not in ("0", "false", "no")
+    if prepared:
+        return open_prepared(root, modality, ct_window, workers)
+    ins = inspect(root)
+    if ins.problems:
+        raise DataError(ins.problems)
+    if not ins.fingerprints:
+        raise DataError(f"{ins.scan.root}: no usable cases")
+    return SegDataset(ins, modality=modality, ct_window=ct_window, cache_bytes=cache_bytes)
+
+
+def open_prepared(root: Path, modality: str | None = None, ct_window: Sequence[float] | None = None,
+                  workers: int | None = None) -> Any:
+    """The prepared copy of ``root``, preparing it first when missing or out of date."""
+    from ..console import log
+    from .layouts import scan
+    from .prepare import auto_workers, is_prepared, plan_dir, prepare_dataset
+    from .prepared import PreparedDataset
+
+    sc = scan(root)
+    folder = plan_dir(root, modality, ct_window)
+    plan = is_prepared(sc, folder) if sc.layout and not sc.problems else None
+    if plan is None:
+        n = workers or auto_workers(len(sc.cases))
+        log(f"{root}: preparing the dataset once ({len(sc.cases)} case(s), {n} worker(s)); later runs read "
+            f"{folder} ('unetpp data prepare' does this ahead)")
+        prepare_dataset(root, workers=n, modality=modality, ct_window=ct_window, log=log)
+        sc = scan(root)
+        plan = is_prepared(sc, folder)
+        if plan is None:
+            raise DataError(f"{folder}: the dataset changed while it was being prepared; run again")
+    return PreparedDataset(sc, folder, plan)
