@@ -8,6 +8,7 @@ prepared copy (:mod:`unetpp.data.prepare`) or decoded file by file (``prepared=F
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -57,7 +58,7 @@ def open_dataset(path_or_name: str | os.PathLike, modality: str | None = None,
 def open_prepared(root: Path, modality: str | None = None, ct_window: Sequence[float] | None = None,
                   workers: int | None = None) -> Any:
     """The prepared copy of ``root``, preparing it first when missing or out of date."""
-    from ..console import log
+    from ..console import Progress, log
     from .layouts import scan
     from .prepare import auto_workers, is_prepared, plan_dir, prepare_dataset
     from .prepared import PreparedDataset
@@ -66,10 +67,22 @@ def open_prepared(root: Path, modality: str | None = None, ct_window: Sequence[f
     folder = plan_dir(root, modality, ct_window)
     plan = is_prepared(sc, folder) if sc.layout and not sc.problems else None
     if plan is None:
-        n = workers or auto_workers(len(sc.cases))
-        log(f"{root}: preparing the dataset once ({len(sc.cases)} case(s), {n} worker(s)); later runs read "
-            f"{folder} ('unetpp data prepare' does this ahead)")
-        prepare_dataset(root, workers=n, modality=modality, ct_window=ct_window, log=log)
+        # progress lines are held back until the data passed its checks, so that a bad
+        # dataset prints its problems alone (one line each)
+        lines: list[str] = []
+        started = time.perf_counter()
+        with Progress("auto") as bar:
+            def step(done: int, total: int, name: str) -> None:
+                if done == 1:
+                    bar.start(f"preparing {root.name}", total, 0)
+                bar.advance(name)
+
+            prepare_dataset(root, workers=workers or auto_workers(len(sc.cases)), modality=modality,
+                            ct_window=ct_window, progress=step, log=lines.append)
+        for line in lines:
+            log(line)
+        log(f"{root}: prepared once in {time.perf_counter() - started:.1f} s; later runs read {folder} "
+            "('unetpp data prepare' does this ahead)")
         sc = scan(root)
         plan = is_prepared(sc, folder)
         if plan is None:
