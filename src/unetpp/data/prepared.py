@@ -131,8 +131,8 @@ class PreparedDataset:
     def load_case(self, name: str) -> Case:
         """The whole case as the :class:`Case` contract says: float32 image, int64 label."""
         image, label = self.arrays(name)
-        return Case(name, np.asarray(image, dtype=np.float32), None if label is None else
-                    np.asarray(label, dtype=np.int64), dict(self._markers[name]["meta"]))
+        return Case(name, np.array(image, dtype=np.float32), None if label is None else
+                    np.array(label, dtype=np.int64), dict(self._markers[name]["meta"]))
 
     def foreground_positions(self, name: str) -> dict[int, np.ndarray]:
         """Per class, stored flat indices of its voxels (:func:`prepare.foreground_positions`)."""
