@@ -14,6 +14,7 @@ on.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,6 +25,10 @@ from ..io import read_json
 from .dataset import Case
 from .layouts import Scan
 from .prepare import PLAN, crc32_of, locked, preprocess_case
+
+
+#: memory maps kept open per process (least recently used dropped)
+OPEN_MAPS = 8
 
 
 class PreparedDataset:
@@ -54,6 +59,7 @@ class PreparedDataset:
         self.normalization = self._config["normalization"]
         self.image_dtype: str = self.plan["image_dtype"]
         self._markers: dict[str, dict[str, Any]] = {}
+        self._maps: OrderedDict[str, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.case_names)
@@ -122,10 +128,18 @@ class PreparedDataset:
         uint8/int16 (None when unlabelled). Reading a window reads only its pages."""
         if name not in self.fingerprints:
             raise DataError(f"{self.root}: no case named {name!r}")
+        if name in self._maps:
+            self._maps.move_to_end(name)
+            return self._maps[name]
         marker = self._markers.get(name) or self._verify(name)
         image = np.load(self._path(name, "image.npy"), mmap_mode="r", allow_pickle=False)
         label = (np.load(self._path(name, "label.npy"), mmap_mode="r", allow_pickle=False)
                  if "label" in marker else None)
+        # a few maps stay open (opening costs more than a small patch); dropping the rest
+        # unmaps their pages, so the process's memory does not grow with the dataset
+        self._maps[name] = (image, label)
+        while len(self._maps) > OPEN_MAPS:
+            self._maps.popitem(last=False)
         return image, label
 
     def load_case(self, name: str) -> Case:
