@@ -9,6 +9,7 @@ and how a run's configuration is settled once, :mod:`.validate` for the validati
 """
 
 from .config import TrainConfig, read_config_file, resolve_config
-from .loop import TrainingError, TrainingInterrupted, train
+from .loop import train
+from .stops import TrainingError, TrainingInterrupted
 
 __all__ = ["TrainConfig", "TrainingError", "TrainingInterrupted", "read_config_file", "resolve_config", "train"]

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,46 +47,9 @@ from .checkpoint import has_checkpoint, load_checkpoint, rng_state, save_checkpo
 from .config import TrainConfig, merge_for_resume, normalise_keys, settle
 from .loss import DeepSupervisionLoss
 from .records import Records
+from .runlock import LOCK, hold_run
+from .stops import StopRequest, TrainingError, TrainingInterrupted
 from .validate import Validator, monitor_score
-
-
-class TrainingError(UnetppError):
-    """Training cannot go on (non-finite loss, ...); RUN/last/ keeps the last good state."""
-
-
-class TrainingInterrupted(Exception):
-    """SIGINT/SIGTERM: a resumable state was saved. ``exit_code`` is 128 + the signal."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.message, self.signum, self.exit_code = message, signum, 128 + signum
-
-
-class _StopRequest:
-    """SIGINT/SIGTERM set a flag the loop reads after each step; a second one aborts."""
-
-    def __init__(self, main: bool):
-        self.signum: int | None = None
-        self.main = main
-        self._old: dict[int, Any] = {}
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-        if self.main:
-            log(f"received {signal.Signals(signum).name}: finishing the current step, then saving a "
-                "resumable state (send it again to abort without saving)")
-
-    def __enter__(self) -> "_StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 # ------------------------------------------------------------------------------ train()
@@ -111,15 +73,16 @@ def train(config: TrainConfig | dict[str, Any] | None = None, **overrides: Any) 
     """
     cfg = _as_config(config, overrides)
     run = Path(cfg.out) if cfg.out else Path()
-    cfg, saved = _start_or_resume(cfg, run)
-    ds = _open_dataset(cfg.data)
     info = distributed.from_env()
-    device = runtime.pick_device(cfg.device, info.local_rank)
-    distributed.setup(info, device)
-    try:
-        return _train(cfg, run, ds, saved, device, info)
-    finally:
-        distributed.teardown(info)
+    with hold_run(run, enabled=bool(cfg.out) and info.main):  # one process per run folder
+        cfg, saved = _start_or_resume(cfg, run)
+        ds = _open_dataset(cfg.data)
+        device = runtime.pick_device(cfg.device, info.local_rank)
+        distributed.setup(info, device)
+        try:
+            return _train(cfg, run, ds, saved, device, info)
+        finally:
+            distributed.teardown(info)
 
 
 def _as_config(config: TrainConfig | dict[str, Any] | None, overrides: dict[str, Any]) -> TrainConfig:
@@ -138,12 +101,14 @@ def _start_or_resume(cfg: TrainConfig, run: Path) -> tuple[TrainConfig, dict[str
     """The config to train with and, when resuming, the run's stored config.json."""
     if cfg.resume == "auto":  # resume a run that has a checkpoint, else start it (again)
         resumable = (run / "config.json").is_file() and has_checkpoint(run)
-        if not resumable and (run / "config.json").is_file():
-            shutil.rmtree(run)  # a run of ours that stopped before its first checkpoint
+        if not resumable and (run / "config.json").is_file():  # ours, stopped before its first checkpoint
+            for item in run.iterdir():
+                if item.name != LOCK:
+                    shutil.rmtree(item) if item.is_dir() else item.unlink()
         cfg = cfg.replace(resume=resumable)
     if not cfg.resume:
         cfg.validate()
-        if run.exists() and (not run.is_dir() or any(run.iterdir())):
+        if run.exists() and (not run.is_dir() or any(p.name != LOCK for p in run.iterdir())):
             what = "a run" if (run / "config.json").is_file() else "not empty"
             raise UnetppError(f"--out {run}: already exists ({what}); add --resume to continue it, "
                               "or choose another folder")
@@ -295,7 +260,7 @@ def _train(cfg: TrainConfig, run: Path, ds: Any, saved: dict[str, Any] | None, d
     # one collective per step carries: a stop request, a non-finite loss, the loss itself
     flags = torch.zeros(3, dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
     start_epoch = state["epoch"] + 1  # the first epoch not completed (maybe partly done)
-    with _StopRequest(main) as stop:
+    with StopRequest(main) as stop:
         try:
             for epoch in range(start_epoch, cfg.epochs + 1):
                 t0 = time.perf_counter()
