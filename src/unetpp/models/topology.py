@@ -128,3 +128,28 @@ def patch_multiple(strides: Sequence[Sequence[int]]) -> tuple[int, ...]:
 
 
 __all__ = ["ANISOTROPY_RATIO", "is_isotropic_topology", "patch_multiple", "plan_topology"]
+
+
+def plan_patch(spacing: Sequence[float], shape: Sequence[int], depth: int, voxels: int,
+               min_size: int = 4) -> tuple[list[int], list[list[int]], list[list[int]]]:
+    """A patch of about ``voxels`` voxels that is cubic **in millimetres**, no larger than the
+    data (``shape``, the largest case on the training grid), rounded up to the multiple its
+    pooling needs; with the strides and kernels (:func:`plan_topology`) that go with it.
+
+    The memory budget is the voxel count (a network's activations grow with it); the shape
+    in millimetres follows the spacing, so a 0.6x0.6x5 mm CT gets a flat 16x144x144 patch
+    (80x86x86 mm) rather than a 64^3 cube spanning 320 mm across slices and 38 mm in-plane.
+
+    Example:
+        >>> patch, strides, kernels = plan_patch([5, 0.6, 0.6], [61, 512, 512], depth=4, voxels=64**3)
+        >>> patch, patch_multiple(strides)
+        ([16, 144, 144], (2, 16, 16))
+    """
+    dims = len(spacing)
+    side = (voxels * math.prod(spacing)) ** (1 / dims)  # mm, equal on every axis
+    patch = [max(1, min(int(n), round(side / s))) for s, n in zip(spacing, shape)]
+    for _ in range(3):  # the multiple depends on the patch through min_size: settle it
+        strides, kernels = plan_topology(spacing, patch, depth, min_size)
+        mult = patch_multiple(strides)
+        patch = [max(m, -(-p // m) * m) for p, m in zip(patch, mult)]
+    return patch, strides, kernels

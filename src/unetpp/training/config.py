@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import UnetppError
 from ..models import PRESETS, arch_names, arch_spec, check_deep_supervision
+from ..models.topology import ANISOTROPY_RATIO, is_isotropic_topology, plan_patch
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MONITORS = ("accurate", "mean")  # or "L1".."L<depth>": one head
@@ -48,6 +49,8 @@ class TrainConfig:
     depth: int = 4
     width: float = 1.0                  # filter scale: base_filters = round(the arch's base filters * width)
     base_filters: int | None = None     # overrides width
+    strides: list[list[int]] | None = None       # per-level pooling per axis; settled from the spacing
+    kernel_sizes: list[list[int]] | None = None  # per-row conv kernel per axis; settled likewise
     # optimisation (the paper's: Adam 3e-4, BCE + Dice on every head, early stopping)
     epochs: int = 100
     patience: int | None = 20           # epochs without a better validation score; None: never stop early
@@ -210,7 +213,9 @@ def settle(cfg: TrainConfig, ds: Any, train_cases: Sequence[str]) -> TrainConfig
     - ``base_filters``: from ``width`` and the architecture's base filters;
     - ``patch_size``: one value per axis; by default 96 (2D) / 64 (3D), but no larger than
       the largest training case rounded up to a multiple of ``2**depth``, so small images
-      are not padded to a big patch;
+      are not padded to a big patch. 3D data whose spacings differ by more than 2x get a
+      patch of the same voxel count that is cubic in millimetres, and per-axis pooling and
+      kernels (``strides``, ``kernel_sizes``: :func:`unetpp.models.topology.plan_patch`);
     - ``batch_size``: 8 (2D) / 2 (3D).
 
     Idempotent: settling a settled config changes nothing.
@@ -219,12 +224,24 @@ def settle(cfg: TrainConfig, ds: Any, train_cases: Sequence[str]) -> TrainConfig
     if dims == 3 and ds.spatial_dims == 2:
         raise UnetppError(f"--dims 3: {cfg.data} holds 2D images; use --dims 2")
     deep = cfg.deep_supervision if cfg.deep_supervision is not None else arch_spec(cfg.arch).deep_supervision
+    strides, kernels = cfg.strides, cfg.kernel_sizes
     if cfg.patch_size:
         patch = list(cfg.patch_size) * dims if len(cfg.patch_size) == 1 else list(cfg.patch_size)
+    elif dims == 3 and _anisotropic(ds.target_spacing) and strides is None:
+        # in millimetres and by memory (today's 64^3 voxels), pooling per axis (nnU-Net's rule)
+        shape = [max(ds.case_shape(n)[d] for n in train_cases) for d in range(3)]
+        patch, strides, kernels = plan_patch(ds.target_spacing, shape, cfg.depth, PATCH_SIDE[3] ** 3)
+        if is_isotropic_topology(strides, kernels):
+            strides = kernels = None
     else:
         patch = _default_patch(ds, train_cases, dims, cfg.depth)
     return cfg.replace(dims=dims, deep_supervision=deep, base_filters=cfg.filters(), patch_size=patch,
-                       batch_size=cfg.batch_size or BATCH_SIZE[dims])
+                       batch_size=cfg.batch_size or BATCH_SIZE[dims], strides=strides, kernel_sizes=kernels)
+
+
+def _anisotropic(spacing: Sequence[float] | None) -> bool:
+    """Spacings further apart than 2x (nnU-Net's threshold): plan the patch in millimetres."""
+    return bool(spacing) and max(spacing) > ANISOTROPY_RATIO * min(spacing)
 
 
 def _default_patch(ds: Any, cases: Sequence[str], dims: int, depth: int) -> list[int]:

@@ -174,7 +174,8 @@ def _build(cfg: TrainConfig, ds: Any, saved: dict[str, Any] | None, device: torc
         model_config = ModelConfig.from_preset(cfg.arch, cfg.preset, dims=cfg.dims, in_channels=ds.channels,
                                                classes=ds.classes, depth=cfg.depth,
                                                base_filters=cfg.base_filters,
-                                               deep_supervision=cfg.deep_supervision)
+                                               deep_supervision=cfg.deep_supervision, strides=cfg.strides,
+                                               kernel_sizes=cfg.kernel_sizes)
     check_model_size(model_config, where="--arch/--width/--depth")  # before allocating anything
     model = build_model(model_config)
     levels = tuple(model.levels)
