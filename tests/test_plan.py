@@ -32,3 +32,27 @@ def test_isotropic_volumes_keep_the_paper_network(tmp_path):
     cfg = json.loads((run / "config.json").read_text())
     assert "strides" not in cfg["model"] and cfg["train"]["strides"] is None
     assert cfg["train"]["patch_size"] == [16, 24, 24]
+
+
+def test_validation_is_spaced_out_only_when_it_costs_more_than_a_tenth_of_training():
+    from unetpp.training.validate import validation_every
+
+    # a few small cases: every epoch, whatever the ratio
+    assert validation_every([(40, 40)] * 2, (32, 32), 0.5, train_patches=1) == 1
+    # 20 CT volumes of 200x512x512 (147 windows of 128^3 each) against 250 training patches:
+    # validation costs ~3.9x an epoch's training, so every ~40 epochs keeps it near 10 %
+    every = validation_every([(200, 512, 512)] * 20, (128, 128, 128), 0.5, train_patches=250)
+    assert every == 40
+    # 2D slices of volumes count slice by slice
+    assert validation_every([(200, 512, 512)] * 20, (256, 256), 0.5, train_patches=10) > 1
+
+
+def test_val_every_validates_every_n_epochs_and_after_the_last(tmp_path):
+    import csv
+    import math
+
+    data = write_synthetic_dataset(tmp_path / "d", n_cases=6, size=32, seed=0)
+    run = train(data=str(data), out=str(tmp_path / "run"), epochs=3, steps_per_epoch=2, val_every=2, base_filters=2,
+                depth=2, patch_size=[32], progress="none", tensorboard=False, device="cpu")
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [math.isnan(float(r["val_score"])) for r in rows] == [True, False, False]

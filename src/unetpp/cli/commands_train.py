@@ -47,6 +47,9 @@ def train(
                                                   "[default: one patch per training case]", rich_help_panel=H_OPT),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop (resumable) after this "
                                                 "much training time.", rich_help_panel=H_OPT),
+    val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N epochs (and after "
+                                            "the last). [default: every epoch, unless validation would cost "
+                                            "over 10 % of training]", rich_help_panel=H_DATA),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Share of cases held out for "
                                                  "validation (when the data has no split). [default: 0.2]",
                                                  rich_help_panel=H_DATA),
@@ -90,7 +93,8 @@ def train(
     flags = dict(arch=arch, preset=preset, deep_supervision=deep_supervision, dims=dims, width=width,
                  base_filters=base_filters, depth=depth, epochs=epochs, patience=patience,
                  batch_size=batch_size, lr=lr, steps_per_epoch=steps_per_epoch, max_minutes=max_minutes,
-                 val_fraction=val_fraction, fold=fold, folds=folds, augment=augment, num_workers=num_workers,
+                 val_fraction=val_fraction, val_every=val_every, fold=fold, folds=folds, augment=augment,
+                 num_workers=num_workers,
                  seed=seed, device=device, amp=amp, channels_last=channels_last, compile=compile,
                  deterministic=deterministic)
     overrides = {k: v for k, v in flags.items() if v is not None}

@@ -27,7 +27,7 @@ MONITORS = ("accurate", "mean")  # or "L1".."L<depth>": one head
 #: Fields a resumed run may change (they do not alter what an epoch computes on CPU, or they
 #: are how long to go on). Everything else is taken from the run folder.
 RESUMABLE_CHANGES = ("epochs", "patience", "device", "num_workers", "max_minutes", "compile",
-                     "channels_last", "amp", "progress", "tensorboard", "data")
+                     "channels_last", "amp", "progress", "tensorboard", "data", "val_every")
 
 
 @dataclass
@@ -73,6 +73,7 @@ class TrainConfig:
     monitor: str = "accurate"           # accurate (mean of heads) | mean (of per-head scores) | L<k>
     val_overlap: float = 0.5
     val_batch_size: int = 4
+    val_every: int | None = None        # epochs between validations; None: every epoch unless costly
     # runtime
     seed: int = 0
     device: str = "auto"
@@ -160,6 +161,7 @@ class TrainConfig:
             p.append(f"monitor must be accurate, mean or L<level>, got {self.monitor!r}")
         check_float("val_overlap", 0.0, 0.95)
         check_int("val_batch_size", 1, 4096)
+        check_int("val_every", 1, 10_000, optional=True)
         check_int("seed", 0, 2**32 - 1)
         if self.device not in DEVICES and not (isinstance(self.device, str) and self.device.startswith("cuda:")):
             p.append(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")

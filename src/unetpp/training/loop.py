@@ -49,7 +49,7 @@ from .loss import DeepSupervisionLoss
 from .records import Records
 from .runlock import LOCK, hold_run
 from .stops import StopRequest, TrainingError, TrainingInterrupted
-from .validate import Validator, monitor_score
+from .validate import Validator, monitor_score, validation_every
 
 
 # ------------------------------------------------------------------------------ train()
@@ -154,6 +154,7 @@ class _Parts:
     scaler: torch.amp.GradScaler
     loader: Any
     validator: Validator
+    val_every: int              # epochs between whole-case validations (and after the last)
 
 
 def _build(cfg: TrainConfig, ds: Any, saved: dict[str, Any] | None, device: torch.device,
@@ -208,8 +209,14 @@ def _build(cfg: TrainConfig, ds: Any, saved: dict[str, Any] | None, device: torc
                                samples_per_epoch=samples)
     validator = Validator(ds, split["val"], patch, cfg.val_overlap, cfg.val_batch_size, info, device,
                           dtype=precision.dtype)
+    val_every = cfg.val_every or validation_every([tuple(ds.case_shape(n)) for n in split["val"]], patch,
+                                                  cfg.val_overlap, len(loader) * batch_size)
+    if val_every > 1 and cfg.val_every is None:
+        progress.log(f"validating every {val_every} epochs (and after the last): whole-case validation of "
+                     f"{len(split['val'])} case(s) would otherwise cost more than 10 % of training "
+                     "(--val-every 1 to validate every epoch)")
     return _Parts(cfg, model_config, split, model, net, optimizer, criterion, setup, precision.grad_scaler(),
-                  loader, validator)
+                  loader, validator, val_every)
 
 
 # ------------------------------------------------------------------------------ the loop
@@ -310,7 +317,9 @@ def _train(cfg: TrainConfig, run: Path, ds: Any, saved: dict[str, Any] | None, d
                     raise TrainingError(f"epoch {epoch}: the loader gave no batches (step {step})")
                 train_seconds = time.perf_counter() - t0
 
-                scores = p.validator(model)
+                last = epoch == cfg.epochs or (cfg.max_minutes is not None and
+                                               (state["train_seconds"] + train_seconds) / 60 >= cfg.max_minutes)
+                scores = p.validator(model) if epoch % p.val_every == 0 or last else None
                 improved = _end_epoch(epoch, scores, state, records, p, run, main, t0, train_seconds)
                 checkpoint(epoch, 0)
                 _log_epoch(progress, epoch, cfg.epochs, records.rows[-1], scores, levels, state, improved)
@@ -357,28 +366,38 @@ def _announce(cfg: TrainConfig, run: Path, p: _Parts, state: dict[str, Any], res
     return True
 
 
-def _end_epoch(epoch: int, scores: dict[str, float], state: dict[str, Any], records: Records, p: _Parts,
-               run: Path, main: bool, t0: float, train_seconds: float) -> bool:
-    """Score the epoch, keep the best weights, record the row; True when it improved."""
-    score = monitor_score(scores, p.cfg.monitor, tuple(p.model.levels))
+def _end_epoch(epoch: int, scores: dict[str, float] | None, state: dict[str, Any], records: Records,
+               p: _Parts, run: Path, main: bool, t0: float, train_seconds: float) -> bool:
+    """Score the epoch (if validated), keep the best weights, record the row; True when it
+    improved. Patience counts epochs, validated or not."""
     state["seconds"] += time.perf_counter() - t0
     state["train_seconds"] += train_seconds
-    improved = state["best_score"] is None or score > state["best_score"]
-    if improved:
-        state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
-        if main:
-            save_weights(run / WEIGHTS, p.model, metadata={"epoch": str(epoch), "score": repr(score),
-                                                          "monitor": p.cfg.monitor})
+    improved = False
+    if scores is None:  # not validated this epoch: the row says so with NaN
+        scores = {k: float("nan") for k in Validator.keys(tuple(p.model.levels))}
+        score = float("nan")
     else:
-        state["bad_epochs"] += 1
+        score = monitor_score(scores, p.cfg.monitor, tuple(p.model.levels))
+        improved = state["best_score"] is None or score > state["best_score"]
+        if improved:
+            state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
+            if main:
+                save_weights(run / WEIGHTS, p.model, metadata={"epoch": str(epoch), "score": repr(score),
+                                                              "monitor": p.cfg.monitor})
+        else:
+            state["bad_epochs"] += epoch - state.get("validated_epoch", epoch - 1)
+        state["validated_epoch"] = epoch
     records.add({"epoch": epoch, "train_loss": state["loss_sum"] / state["loss_steps"], **scores,
                  "val_score": score, "seconds": state["seconds"], "lr": p.optimizer.param_groups[0]["lr"]})
     state["step"] = 0
     return improved
 
 
-def _log_epoch(progress: Progress, epoch: int, epochs: int, row: dict[str, Any], scores: dict[str, float],
+def _log_epoch(progress: Progress, epoch: int, epochs: int, row: dict[str, Any], scores: dict[str, float] | None,
                levels: tuple[int, ...], state: dict[str, Any], improved: bool) -> None:
+    if scores is None:
+        progress.log(f"epoch {epoch}/{epochs}: loss {row['train_loss']:.4f} (not validated), {state['seconds']:.1f}s")
+        return
     heads = " ".join(f"L{lv} {scores[f'val_dice_{lv}']:.3f}" for lv in levels) if len(levels) > 1 else ""
     progress.log(f"epoch {epoch}/{epochs}: loss {row['train_loss']:.4f}, val dice "
                  f"{scores['val_dice']:.4f} iou {scores['val_iou']:.4f}"

@@ -6,6 +6,13 @@ Every validation case is predicted whole through the sliding-window engine
 validation computes what ``evaluate`` and ``predict`` will. Scores: Dice and IoU of every
 head and of the *accurate* mode (:func:`unetpp.models.combine_heads`).
 
+**How often** (:func:`validation_every`): every epoch, unless whole-case validation would cost
+more than :data:`VAL_SHARE` of an epoch's training on a large validation set; then every
+N epochs so that it stays near that share, and always after the last epoch. The cost is
+counted in voxels run through the network (sliding-window windows for validation, 3x the
+patches for training's forward and backward), so the choice is the same on every machine and
+a seeded run stays reproducible. ``--val-every N`` sets it.
+
 **Monitor**: ``accurate`` (default) is the accurate mode's mean per-case IoU; ``mean`` the
 mean of the heads' IoUs; ``L2`` one head's IoU.
 """
@@ -21,6 +28,38 @@ from ..errors import UnetppError
 from ..metrics import case_scores
 from ..models.mode import Mode, combine_heads
 from . import distributed
+
+
+#: validation may cost this share of an epoch's training before it is spaced out
+VAL_SHARE = 0.1
+#: ... and only when it runs at least this many voxels (small sets are validated every epoch)
+LARGE_VALIDATION = 32 * 2**20
+
+
+def validation_every(shapes: list[tuple[int, ...]], patch: tuple[int, ...], overlap: float,
+                     train_patches: int) -> int:
+    """Epochs between whole-case validations (see the module doc).
+
+    Args:
+        shapes: the validation cases' spatial shapes on the training grid.
+        patch: the training patch (the sliding window), ``dims`` values.
+        overlap: the sliding window's overlap.
+        train_patches: patches per training epoch.
+    """
+    dims = len(patch)
+    window = int(np.prod(patch))
+    val = 0
+    for shape in shapes:
+        slices = int(np.prod(shape[: len(shape) - dims]))  # a 2D model on volumes: per slice
+        count = 1
+        for s, p in zip(shape[len(shape) - dims:], patch):
+            step = max(1, int(p * (1 - overlap)))
+            count *= 1 if s <= p else -(-(s - p) // step) + 1
+        val += slices * count * window
+    train = 3 * train_patches * window
+    if val < LARGE_VALIDATION or val <= VAL_SHARE * train:
+        return 1
+    return int(np.ceil(val / (VAL_SHARE * train)))
 
 
 def monitor_score(scores: dict[str, float], monitor: str, levels: tuple[int, ...]) -> float:
@@ -58,6 +97,11 @@ class Validator:
         self.overlap, self.batch_size, self.info, self.device, self.dtype = overlap, batch_size, info, device, dtype
         self.mine = [n for i, n in enumerate(self.names) if i % info.world_size == info.rank]
 
+    @staticmethod
+    def keys(levels: tuple[int, ...]) -> list[str]:
+        """The scores' names: Dice and IoU of every head, then of the accurate mode."""
+        return [f"val_{m}_{lv}" for lv in levels for m in ("dice", "iou")] + ["val_dice", "val_iou"]
+
     def _case(self, name: str) -> tuple[torch.Tensor, np.ndarray]:
         case = self.ds.load_case(name)  # the dataset keeps decoded cases in its own cache
         if case.label is None:
@@ -70,7 +114,7 @@ class Validator:
         from ..inference.engine import predict_probabilities, probabilities_to_labels
 
         classes, levels = model.config.classes, tuple(model.levels)
-        keys = [f"val_{m}_{lv}" for lv in levels for m in ("dice", "iou")] + ["val_dice", "val_iou"]
+        keys = self.keys(levels)
         sums = torch.zeros(len(keys), dtype=torch.float64)
         was_training = model.training
         model.eval()
@@ -93,4 +137,4 @@ class Validator:
         return {k: float(v) / len(self.names) for k, v in zip(keys, sums.tolist())}
 
 
-__all__ = ["Validator", "monitor_score"]
+__all__ = ["VAL_SHARE", "Validator", "monitor_score", "validation_every"]
