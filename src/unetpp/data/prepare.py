@@ -228,10 +228,12 @@ def preprocess_case(case: CaseFiles, labels: dict[int, str], data_config: dict[s
     entry: dict[str, Any] = {"sources": sources, "plan": digest, "meta": _jsonable_meta(meta),
                              "image": {"shape": list(image.shape), "dtype": image_dtype, "crc32": crc32_of(image)}}
     _write(out / f"{case.name}.image.npy", npy_bytes(image))
+    entry["image"].update(_stamp(out / f"{case.name}.image.npy"))
     if label is not None:
         label = label.astype(np.uint8 if int(data_config["classes"]) <= 255 else np.int16)
         entry["label"] = {"shape": list(label.shape), "dtype": str(label.dtype), "crc32": crc32_of(label)}
         _write(out / f"{case.name}.label.npy", npy_bytes(label))
+        entry["label"].update(_stamp(out / f"{case.name}.label.npy"))
         fg = foreground_positions(label)
         import io
 
@@ -240,6 +242,13 @@ def preprocess_case(case: CaseFiles, labels: dict[int, str], data_config: dict[s
         _write(out / f"{case.name}.fg.npz", buf.getvalue())
     _write(out / f"{case.name}.json", json.dumps(entry).encode())  # the marker: last
     return {"name": case.name, "problems": []}
+
+
+def _stamp(path: Path) -> dict[str, int]:
+    """Size and mtime of a written file: while both are unchanged, the file is the one whose
+    CRC-32 the marker holds (reading it is then unnecessary)."""
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _jsonable_meta(meta: dict[str, Any]) -> dict[str, Any]:
