@@ -135,13 +135,14 @@ def test_predicted_nifti_keeps_affine_and_shape(tmp_path):
     outcomes = predict_inputs(predictor, [str(tmp_path / "scan_0000.nii.gz")], tmp_path / "out",
                               mode="fast", level=1, probabilities=True, overlay=True)
     assert [o.error for o in outcomes] == [None]
-    mask = nib.load(str(tmp_path / "out" / "scan_0000.nii.gz"))
+    # nnU-Net naming: image scan_0000.nii.gz -> mask scan.nii.gz (issue 15)
+    mask = nib.load(str(tmp_path / "out" / "scan.nii.gz"))
     assert mask.shape == data.shape
     np.testing.assert_allclose(mask.affine, affine, atol=1e-5)
     assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
-    probs = nib.load(str(tmp_path / "out" / "scan_0000_probs.nii.gz"))
+    probs = nib.load(str(tmp_path / "out" / "scan_probs.nii.gz"))
     assert probs.shape == data.shape and probs.get_data_dtype() == np.float32
-    assert (tmp_path / "out" / "scan_0000_overlay.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "out" / "scan_overlay.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_predict_folder_reports_broken_file_and_writes_the_others(tmp_path, run2d, ds2d, capsys):

@@ -6,9 +6,10 @@
 
 ``read_input`` applies exactly the preparation the training cases had (channel gathering,
 resampling to ``data_config["target_spacing"]``, normalisation with the stored statistics).
-``write_mask`` takes labels on that grid (``meta["grid_shape"]``), brings them back to the
-input's original grid with nearest-neighbour resampling when the two differ, and writes them
-in the input's format with its geometry:
+:func:`to_input_grid` brings probabilities from the network's grid back to the input's own
+grid (linearly; take the argmax afterwards). ``write_mask`` takes labels on the input's grid
+(or, for callers that only have labels, on the network's grid: then resized by nearest
+neighbour) and writes them in the input's format with its geometry:
 
 - NIfTI: the input's affine and sform/qform codes; NRRD: its space, directions and origin;
   MHA: its spacing, origin and direction.
@@ -102,6 +103,20 @@ def read_input(path: str | os.PathLike | Sequence[str | os.PathLike],
         meta["channels_converted"] = converted
     image, _, meta = prepare(image, None, meta, data_config)
     return image, meta
+
+
+def to_input_grid(probs: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
+    """Probabilities ``(K', *grid)`` on the network's grid -> on the input's own grid
+    (``meta["shape"]``), linearly: the argmax is taken *after* this, as nnU-Net does, so the
+    mask is the argmax of the written probabilities and thin structures keep their voxels
+    (resizing labels with nearest neighbour after the argmax loses them)."""
+    if hasattr(probs, "detach"):
+        probs = probs.detach().cpu().numpy()
+    shape = tuple(meta["shape"])
+    probs = np.asarray(probs, dtype=np.float32)
+    if tuple(probs.shape[1:]) == shape:
+        return probs
+    return resize(probs, shape, order=1)
 
 
 def write_mask(path_out: str | os.PathLike, labels: np.ndarray, meta: dict[str, Any]) -> Path:

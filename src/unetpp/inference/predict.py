@@ -11,8 +11,10 @@ For each input file:
   model); volumes in the input's format, 2D images as a float32 TIF.
 - ``OUT/<name>_overlay.png`` with ``overlay=True`` (:mod:`.overlay`).
 
-``<name>`` is the file name without its format suffix (and without the ``_0000`` channel
-suffix of nnU-Net multi-channel inputs, whose other channel files are found beside it).
+``<name>`` is the file name without its format suffix and without nnU-Net's ``_0000``
+channel suffix (case ``c0``: image ``c0_0000.nii.gz``, mask ``c0.nii.gz``), so predicting
+``imagesTr`` and evaluating against ``labelsTr`` matches by name. Masks are the argmax of the
+probabilities *resampled to the input's grid* (:func:`unetpp.data.io.to_input_grid`).
 
 Inputs: a file, a folder (its image files, not recursive; for a multi-channel run only the
 ``_0000`` files) or a glob pattern (``"scans/*.nii.gz"``). A folder of DICOM files is one
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..errors import DataError, UnetppError
 from ..io import atomic_write_bytes
@@ -114,7 +117,7 @@ def output_name(path: Path, channels: int) -> tuple[str, str]:
     if path.is_dir():
         return path.name, ".nii.gz"
     name, ext = strip_suffix(path), suffix_of(path)
-    if channels > 1 and name.endswith("_0000"):
+    if re.search(r"_\d{4}$", name):  # nnU-Net's channel suffix: case c0, image c0_0000, mask c0
         name = name[:-5]
     if ext in (".jpg", ".jpeg"):
         ext = ".png"
@@ -135,14 +138,12 @@ def _dicom_error(folder: Path) -> UnetppError:
 
 
 def write_probabilities(path: Path, probs: np.ndarray, meta: dict[str, Any]) -> Path:
-    """float32 ``(K', *grid)`` -> the input's own grid, written as the input's format
-    (volumes) or as a float32 TIF (2D)."""
+    """float32 ``(K', *S)`` on the input's grid (or the network's: then resampled), written as
+    the input's format (volumes) or as a float32 TIF (2D)."""
     from ..data.formats import write_file
-    from ..data.resample import resize
+    from ..data.io import to_input_grid
 
-    shape = tuple(meta["shape"])
-    probs = resize(probs.astype(np.float32, copy=False), shape, order=1)
-    return write_file(path, np.ascontiguousarray(probs, dtype=np.float32), meta)
+    return write_file(path, np.ascontiguousarray(to_input_grid(probs, meta), dtype=np.float32), meta)
 
 
 def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike, mode: str | None = None,
@@ -158,7 +159,7 @@ def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike
     Raises :class:`UnetppError` before any work for problems that concern every input (bad
     mode/level, an ONNX file that does not fit the run, no input found at all).
     """
-    from ..data.io import write_mask
+    from ..data.io import to_input_grid, write_mask
 
     out = Path(out)
     network = None
@@ -191,7 +192,8 @@ def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike
                 probs = predictor.level_probabilities(image, levels, tta=tta, network=network)[levels[0]]
             else:
                 probs = combine_heads(predictor.level_probabilities(image, levels, tta=tta), mode)
-            labels = probabilities_to_labels(probs, predictor.classes).numpy()
+            probs = to_input_grid(probs, meta)  # resample probabilities first, then the argmax
+            labels = probabilities_to_labels(torch.from_numpy(probs), predictor.classes).numpy()
             name, ext = output_name(path, predictor.in_channels)
             base, k = name, 1
             while name in used:  # two inputs with the same name from different folders
@@ -200,10 +202,10 @@ def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike
             outcome.outputs.append(str(write_mask(out / f"{name}{ext}", labels, meta)))
             if probabilities:
                 pext = ext if len(meta["shape"]) == 3 else ".tif"
-                outcome.outputs.append(str(write_probabilities(out / f"{name}_probs{pext}", probs.numpy(), meta)))
+                outcome.outputs.append(str(write_probabilities(out / f"{name}_probs{pext}", probs, meta)))
             if overlay:
                 outcome.outputs.append(str(atomic_write_bytes(out / f"{name}_overlay.png",
-                                                              overlay_png(image.numpy(), labels))))
+                                                              overlay_png(image.numpy(), _on_grid(labels, image)))))
         except UnetppError as e:
             outcome.error = _name_file(path, "; ".join(e.problems))
         except (ValueError, OSError, MemoryError) as e:
@@ -214,6 +216,14 @@ def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike
         if progress is not None:
             progress(done, len(files), outcome)
     return outcomes
+
+
+def _on_grid(labels: np.ndarray, image: Any) -> np.ndarray:
+    """The mask on the network's grid (the overlay is drawn on the prepared image)."""
+    from ..data.resample import resize
+
+    grid = tuple(image.shape[1:])
+    return labels if labels.shape == grid else resize(labels, grid, order=0)
 
 
 def _name_file(path: Path, message: str) -> str:

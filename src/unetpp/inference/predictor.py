@@ -249,11 +249,15 @@ class Predictor:
 
     def predict_file(self, path: str | os.PathLike, mode: str | Mode | None = None, level: int | None = None,
                      tta: bool = False) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-        """``(labels, probabilities, meta)`` of an image file; write the mask with
-        ``unetpp.data.io.write_mask(out, labels, meta)`` (the input's format and geometry)."""
+        """``(labels, probabilities, meta)`` of an image file, both on the input's own grid:
+        the probabilities are resampled to it first and the labels are their argmax. Write the
+        mask with ``unetpp.data.io.write_mask(out, labels, meta)`` (the input's format and
+        geometry)."""
+        from ..data.io import to_input_grid
+
         image, meta = self.read(path)
-        probs = self.predict_tensor(image, mode, level, tta)
-        return probabilities_to_labels(probs, self.classes).numpy(), probs.numpy(), meta
+        probs = to_input_grid(self.predict_tensor(image, mode, level, tta), meta)
+        return probabilities_to_labels(torch.from_numpy(probs), self.classes).numpy(), probs, meta
 
     def __repr__(self) -> str:
         cfg = self.model.config
