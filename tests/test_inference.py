@@ -172,10 +172,11 @@ def test_evaluate_cli_writes_contract_json_and_csv(tmp_path, run2d, ds2d, capsys
     result = json.loads(target.read_text())
     assert result["mode"] == "accurate" and result["level"] is None
     assert [c["case"] for c in result["cases"]] == ds2d.case_names[2:]  # the validation cases
-    assert set(result["cases"][0]) == {"case", "dice", "iou"}
+    # native-resolution scores with surface metrics by default (issue 15)
+    assert set(result["cases"][0]) == {"case", "dice", "iou", "hd95", "nsd"}
     assert result["dice"] == pytest.approx(np.mean([c["dice"] for c in result["cases"]]))
     rows = (tmp_path / "eval" / "scores.csv").read_text().splitlines()
-    assert rows[0] == "case,dice,iou" and rows[-1].startswith("mean,") and len(rows) == 4
+    assert rows[0] == "case,dice,iou,hd95,nsd" and rows[-1].startswith("mean,") and len(rows) == 4
 
 
 def test_cli_one_line_errors(tmp_path, run2d, ds2d, capsys):

@@ -49,7 +49,8 @@ def progress_bar(what: str) -> Iterator[Callable[[int, int, str], None]]:
 
 
 def _load(run: Path, device: str, batch_size: int = 4):
-    from ..inference.predictor import load
+    """A run folder, or a cross-validation folder (its folds as an ensemble)."""
+    from ..inference.ensemble import load
 
     if batch_size < 1:
         raise UnetppError(f"--batch-size must be >= 1, got {batch_size}")
@@ -62,36 +63,88 @@ def _open(data: str):
     return open_dataset(data)
 
 
-def evaluate(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (from 'unetpp train')."),
-             data: str = typer.Argument(..., metavar="DATA", help="Dataset folder or fetched sample name."),
+def evaluate(run: Optional[Path] = typer.Argument(None, metavar="RUN", help="Run folder (from 'unetpp train')."),
+             data: Optional[str] = typer.Argument(None, metavar="DATA",
+                                                  help="Dataset folder or fetched sample name."),
+             pred: Optional[Path] = typer.Option(None, "--pred", metavar="DIR",
+                                                 help="Folder of predicted masks to score (instead of RUN DATA)."),
+             ref: Optional[Path] = typer.Option(None, "--ref", metavar="DIR",
+                                                help="Folder of reference masks, matched to --pred by case name."),
              mode: Optional[str] = typer.Option(None, "--mode", help=MODE_HELP),
              level: Optional[int] = typer.Option(None, "--level", help=LEVEL_HELP),
              json_file: Optional[str] = typer.Option(None, "--json", metavar="FILE",
                                                      help="Write the JSON here ('-': print it); a CSV "
-                                                          "goes beside it. Default: RUN/evaluation.json."),
+                                                          "goes beside it. Default: RUN/evaluation.json "
+                                                          "(PRED/evaluation.json with --pred)."),
+             empty: Optional[str] = typer.Option(None, "--empty", metavar="one|nan",
+                                                 help="A class absent from both masks "
+                                                      "scores 1 (one, default) or NaN (nan: nnU-Net's)."),
+             nsd_tolerance: Optional[float] = typer.Option(None, "--nsd-tolerance", metavar="MM",
+                                                           help="Surface Dice tolerance in mm. "
+                                                                "Default: one voxel along the coarsest axis."),
              tta: bool = typer.Option(False, "--tta", help="Average over mirrored inputs."),
              batch_size: int = typer.Option(4, "--batch-size", help="Windows/slices per forward pass."),
              device: str = typer.Option("auto", "--device", help=DEVICE_HELP)) -> None:
-    """Per-case Dice and IoU of RUN on DATA's test cases (else validation, else all).
+    """Per-case Dice and IoU of RUN on DATA's test cases (else validation, else all), or of --pred masks vs --ref.
 
     Scores are per case (whole image or volume), then averaged; per class for several
     classes. A class absent from both prediction and reference scores 1 (empty vs empty).
+    With --pred DIR --ref DIR (no run): Dice, IoU, HD95 and normalised surface Dice (mm) of
+    every mask in DIR against the reference of the same case name.
     """
     from ..inference.evaluate import evaluate as run_evaluation
     from ..inference.evaluate import output_paths, write_evaluation
 
+    folders = pred is not None or ref is not None
+    if folders and (run is not None or data is not None):
+        raise UnetppError("evaluate: give either RUN DATA or --pred DIR --ref DIR, not both")
+    if folders and (pred is None or ref is None):
+        raise UnetppError(f"evaluate: {'--ref' if ref is None else '--pred'} DIR missing; "
+                          "--pred and --ref go together")
+    if not folders and (run is None or data is None):
+        raise UnetppError("evaluate: give RUN DATA (a run on a dataset) or --pred DIR --ref DIR "
+                          "(two mask folders)")
+    if folders:
+        if mode is not None or level is not None or tta:
+            raise UnetppError("evaluate: --mode, --level and --tta apply to RUN DATA, not to --pred/--ref")
+        from ..inference.evaluate import json_ready
+        from ..inference.folders import score_folders, write_folder_scores
+        from ..metrics import EMPTY_MODES
+
+        if empty is not None and empty not in EMPTY_MODES:
+            raise UnetppError(f"--empty must be one of {', '.join(EMPTY_MODES)}, got {empty!r}")
+        if nsd_tolerance is not None and not nsd_tolerance >= 0:
+            raise UnetppError(f"--nsd-tolerance must be a number of mm >= 0, got {nsd_tolerance}")
+        json_path, csv_path = output_paths(pred, json_file)
+        with progress_bar("evaluate") as update:
+            result = score_folders(pred, ref, empty=empty or "one", tolerance=nsd_tolerance, progress=update)
+        write_folder_scores(result, json_path, csv_path)
+        if json_file == "-":
+            print(json.dumps(json_ready(result), indent=2))
+        per_class = "".join(f", {k} {v:.4f}" for k, v in (result.get("classes") or {}).items())
+        log(f"{pred}: dice {result['dice']:.4f}, iou {result['iou']:.4f}, hd95 {result['hd95']:.2f} mm, "
+            f"nsd {result['nsd']:.4f}{per_class} over {len(result['cases'])} case(s)")
+        log(f"wrote {', '.join(str(p) for p in (json_path, csv_path) if p is not None)}")
+        return
+    from ..inference.evaluate import json_ready
+    from ..metrics import EMPTY_MODES
+
+    if empty is not None and empty not in EMPTY_MODES:
+        raise UnetppError(f"--empty must be one of {', '.join(EMPTY_MODES)}, got {empty!r}")
     predictor = _load(run, device, batch_size)
     settled = predictor.resolve(mode, level)
     ds = _open(data)
     json_path, csv_path = output_paths(run, json_file)
     with progress_bar("evaluate") as update:
-        result = run_evaluation(predictor, ds, settled, tta=tta, progress=update)
+        result = run_evaluation(predictor, ds, settled, tta=tta, progress=update, empty=empty or "one",
+                                tolerance=nsd_tolerance)
     write_evaluation(result, json_path, csv_path)
     if json_file == "-":
-        print(json.dumps(result, indent=2))
+        print(json.dumps(json_ready(result), indent=2))
     per_class = "".join(f", {k} {v:.4f}" for k, v in (result.get("classes") or {}).items())
-    log(f"{settled}: dice {result['dice']:.4f}, iou {result['iou']:.4f}{per_class} "
-        f"over {len(result['cases'])} {result['split']} case(s)")
+    surface = "".join(f", {k} {result[k]:.4f}" for k in ("hd95", "nsd") if result.get(k) is not None)
+    log(f"{settled or 'each run in its chosen mode'}: dice {result['dice']:.4f}, iou {result['iou']:.4f}"
+        f"{surface}{per_class} over {len(result['cases'])} {result['split']} case(s) at their own resolution")
     log(f"wrote {', '.join(str(p) for p in (json_path, csv_path) if p is not None)}")
 
 
@@ -164,7 +217,8 @@ def predict(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (fro
 
     def started(total: int, settled) -> None:
         engine = f"ONNX Runtime ({onnx})" if onnx is not None else str(predictor.device)
-        log(f"predict: {total} input(s), {settled}{', tta' if tta else ''}, on {engine}")
+        log(f"predict: {total} input(s), {settled or 'each run in its chosen mode, averaged'}"
+            f"{', tta' if tta else ''}, on {engine}")
 
     with progress_bar("predict") as update:
         def step(done: int, total: int, outcome) -> None:
@@ -197,6 +251,9 @@ def export(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (from
     predictor = _load(run, "cpu")
     settled = predictor.resolve(mode, level)
     log(f"export: {settled} as {fmt} ...")
+    if hasattr(predictor, "members"):
+        raise UnetppError(f"{run}: a cross-validation folder; export one fold's run folder (an ensemble "
+                          "is not exported as one file)")
     info = run_export(predictor.model, fmt, out_file, settled, opset=opset)
     log(f"wrote {out_file} ({fmt}{', opset ' + str(opset) if fmt == 'onnx' else ''}, "
         f"{settled}, output probabilities; max abs diff vs PyTorch "

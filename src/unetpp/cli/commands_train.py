@@ -12,6 +12,8 @@ from typing import Optional
 
 import typer
 
+from ..errors import UnetppError
+
 H_MODEL = "Model"
 H_OPT = "Optimisation"
 H_DATA = "Data"
@@ -53,8 +55,11 @@ def train(
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Share of cases held out for "
                                                  "validation (when the data has no split). [default: 0.2]",
                                                  rich_help_panel=H_DATA),
-    fold: Optional[int] = typer.Option(None, help="Cross-validation fold 0..folds-1 instead of a random "
-                                       "hold-out.", rich_help_panel=H_DATA),
+    fold: Optional[str] = typer.Option(None, help="Cross-validation fold 0..folds-1 instead of a random "
+                                       "hold-out; 'all': every fold into OUT/fold_k, then out-of-fold scores "
+                                       "(OUT/cv.json) and post-processing.", rich_help_panel=H_DATA),
+    jobs: int = typer.Option(1, "--jobs", help="With --fold all: folds trained at once, one process each.",
+                             rich_help_panel=H_RUN),
     folds: Optional[int] = typer.Option(None, help="Number of folds with --fold. [default: 5]",
                                         rich_help_panel=H_DATA),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Training augmentation. "
@@ -97,6 +102,14 @@ def train(
                  num_workers=num_workers,
                  seed=seed, device=device, amp=amp, channels_last=channels_last, compile=compile,
                  deterministic=deterministic)
+    every_fold = fold is not None and fold.strip().lower() == "all"
+    if fold is not None and not every_fold:
+        try:
+            flags["fold"] = int(fold)
+        except ValueError:
+            raise UnetppError(f"--fold must be an integer or 'all', got {fold!r}") from None
+    elif every_fold:
+        flags["fold"] = None
     overrides = {k: v for k, v in flags.items() if v is not None}
     if patch_size is not None:
         overrides["patch_size"] = parse_patch_size(patch_size)
@@ -114,7 +127,12 @@ def train(
     else:
         cfg = resolve_config(overrides, config)
     try:
-        run_training(cfg)
+        if every_fold:
+            from ..experiment.crossval import cross_validate
+
+            cross_validate(cfg, jobs=jobs)
+        else:
+            run_training(cfg)
     except TrainingInterrupted as e:
         print(e.message, file=sys.stderr)
         raise SystemExit(e.exit_code) from None

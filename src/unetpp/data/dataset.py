@@ -172,6 +172,10 @@ class SegDataset:
         self._remember(case)
         return case
 
+    def native_label(self, name: str) -> np.ndarray:
+        """The case's label map on its file's own grid (before resampling), int64."""
+        return read_case(self._files[name], self.labels)[1]
+
     def _remember(self, case: Case) -> None:
         size = case.image.nbytes + (case.label.nbytes if case.label is not None else 0)
         if size > self._cache_bytes:

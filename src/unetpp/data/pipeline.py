@@ -25,6 +25,7 @@ are identical whether the run was resumed or not, and whatever ``num_workers`` i
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -55,7 +56,18 @@ def make_split(ds: SegDataset, val_fraction: float = 0.2, folds: int | None = No
 
     The result depends only on the case names, ``seed``, ``val_fraction``/``folds``/``fold``;
     lists are sorted. Test cases (from ``splits.json``) never enter train or val.
+
+    A dataset folder holding nnU-Net's ``splits_final.json`` (``[{"train": [...], "val":
+    [...]}, ...]``) has its folds taken from there, so folds can be the same as an nnU-Net
+    run's (``folds`` must then equal its length).
     """
+    if folds is not None and fold is not None:
+        given = nnunet_splits(ds)
+        if given is not None:
+            if folds != len(given):
+                raise ValueError(f"{ds.root}/splits_final.json holds {len(given)} folds; --folds is {folds}")
+            test = sorted((ds.default_split or {}).get("test", []))
+            return {"train": sorted(given[fold]["train"]), "val": sorted(given[fold]["val"]), "test": test}
     default = ds.default_split
     if default is not None and use_default and folds is None:
         return {"train": list(default["train"]), "val": list(default.get("val", [])),
@@ -77,6 +89,37 @@ def make_split(ds: SegDataset, val_fraction: float = 0.2, folds: int | None = No
             n_val = min(max(n_val, 1), len(pool) - 1)
         val = order[:n_val]
     return {"train": sorted(set(pool) - set(val)), "val": sorted(val), "test": test}
+
+
+def nnunet_splits(ds: SegDataset) -> list[dict[str, list[str]]] | None:
+    """``DATA/splits_final.json`` (nnU-Net's folds), checked against the cases; or None."""
+    import json
+
+    path = Path(ds.root) / "splits_final.json"
+    if not path.is_file():
+        return None
+    try:
+        folds = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not readable JSON ({e})") from None
+    known = set(ds.case_names)
+    if not isinstance(folds, list) or not folds or not all(
+            isinstance(f, dict) and isinstance(f.get("train"), list) and isinstance(f.get("val"), list) for f in folds):
+        raise ValueError(f"{path}: expected a list of {{\"train\": [...], \"val\": [...]}} (nnU-Net's format)")
+    unknown = sorted({n for f in folds for n in f["train"] + f["val"]} - known)
+    if unknown:
+        raise ValueError(f"{path}: cases not in the dataset: {', '.join(unknown[:5])}")
+    return folds
+
+
+def cross_validation_splits(ds: SegDataset, folds: int, seed: int = 0) -> list[dict[str, list[str]]]:
+    """Every fold's ``{"train", "val"}``: nnU-Net's ``splits_final.json`` if the dataset has
+    one, else :func:`make_split`'s seeded folds. Each non-test case is in exactly one ``val``."""
+    given = nnunet_splits(ds)
+    if given is not None:
+        return [{"train": sorted(f["train"]), "val": sorted(f["val"])} for f in given]
+    return [{k: v for k, v in make_split(ds, folds=folds, fold=k, seed=seed).items() if k != "test"}
+            for k in range(folds)]
 
 
 # ----------------------------------------------------------------------------------- patches

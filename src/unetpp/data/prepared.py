@@ -153,6 +153,12 @@ class PreparedDataset:
         return Case(name, np.array(image, dtype=np.float32), None if label is None else
                     np.array(label, dtype=np.int64), dict(self._markers[name]["meta"]))
 
+    def native_label(self, name: str) -> np.ndarray:
+        """The case's label map on its file's own grid (read from the source), int64."""
+        from .check import read_case
+
+        return read_case(self._files[name], self.labels)[1]
+
     def foreground_positions(self, name: str) -> dict[int, np.ndarray]:
         """Per class, stored flat indices of its voxels (:func:`prepare.foreground_positions`)."""
         path = self._path(name, "fg.npz")

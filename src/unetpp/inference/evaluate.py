@@ -29,6 +29,7 @@ from ..io import atomic_write_json, atomic_write_text
 from ..metrics import case_scores, mean_scores
 from ..models.mode import Mode, combine_heads
 from .engine import probabilities_to_labels
+from .postprocess import apply as apply_postprocess
 
 #: ``progress(done, total, case_name)`` after each case.
 Progress = Callable[[int, int, str], None]
@@ -73,16 +74,24 @@ def check_compatible(ds: Any, predictor: Any) -> None:
 
 
 def score_modes(predictor: Any, ds: Any, names: Sequence[str], modes: Sequence[Mode | tuple[str, int | None]],
-                tta: bool = False, progress: Progress | None = None) -> dict[Mode, list[dict[str, Any]]]:
+                tta: bool = False, progress: Progress | None = None, native: bool = False, surface: bool = False,
+                empty: str = "one", tolerance: float | None = None) -> dict[Mode, list[dict[str, Any]]]:
     """Per-case scores of several modes at once (:class:`~unetpp.models.Mode`, or
     ``(mode, level)`` tuples, which compare equal to them and key the result alike).
 
     All the levels the modes need come from one pass of the network per case (a fast-mode
     head read from the full network equals the pruned network's output; the engine's tests
     check it), so scoring L1..L4 and accurate costs one inference per case.
+
+    ``native``: score on each case's own grid (probabilities resampled to it, then the
+    argmax, against the label as stored), at its own spacing; otherwise on the network's
+    grid. ``surface``: add HD95 and NSD (mm); ``empty``/``tolerance``: see
+    :func:`unetpp.metrics.case_scores`.
     """
-    modes = [predictor.resolve(Mode(*m)) for m in modes]
-    reads = {m: m.levels(predictor.levels) for m in modes}
+    from ..data.io import to_input_grid
+
+    modes = [None if m is None else predictor.resolve(Mode(*m)) for m in modes]  # None: an ensemble's own
+    reads = {m: m.levels(predictor.levels) if m is not None else () for m in modes}
     needed = sorted({lv for levels in reads.values() for lv in levels})
     results: dict[Mode, list[dict[str, Any]]] = {m: [] for m in modes}
     classes = predictor.classes
@@ -91,13 +100,21 @@ def score_modes(predictor: Any, ds: Any, names: Sequence[str], modes: Sequence[M
         if case.label is None:
             raise DataError(f"{getattr(ds, 'root', 'dataset')}: case {name} has no label to score against")
         image = torch.as_tensor(case.image, dtype=torch.float32)
-        probs = predictor.level_probabilities(image, needed, tta=tta)
+        probs = predictor.level_probabilities(image, needed, tta=tta) if needed else {}
+        resampled = native and tuple(case.meta["shape"]) != tuple(case.label.shape)
+        reference = ds.native_label(name) if resampled else case.label
+        spacing = case.meta.get("spacing") if native else case.meta.get("grid_spacing", case.meta.get("spacing"))
         for mode in modes:
-            p = combine_heads({lv: probs[lv] for lv in reads[mode]}, mode)
+            p = combine_heads({lv: probs[lv] for lv in reads[mode]}, mode) if mode is not None else \
+                predictor.predict_tensor(image, None, tta=tta)
+            if resampled:
+                p = torch.from_numpy(to_input_grid(p, case.meta))
             labels = probabilities_to_labels(p, classes)
-            scores = case_scores(labels, case.label, classes)
-            results[mode].append({"case": name, "dice": scores.pop("dice"), "iou": scores.pop("iou"),
-                                           **scores})
+            if native and getattr(predictor, "postprocess", None):  # chosen on native out-of-fold masks
+                labels = apply_postprocess(labels.numpy(), predictor.postprocess)
+            extra = dict(spacing=spacing, surface=True, empty=empty, tolerance=tolerance) if surface else {}
+            scores = case_scores(labels, reference, classes, **extra)
+            results[mode].append({"case": name, "dice": scores.pop("dice"), "iou": scores.pop("iou"), **scores})
         if progress is not None:
             progress(done, len(names), name)
     return results
@@ -107,7 +124,8 @@ def summarise(mode: str, level: int | None, cases: list[dict[str, Any]], **extra
     """The contract's JSON: ``{"mode", "level", "dice", "iou", "cases": [...]}`` (+ per class)."""
     means = mean_scores([{k: v for k, v in c.items() if k != "case"} for c in cases])
     out: dict[str, Any] = {"mode": mode, "level": level, "dice": means.get("dice"), "iou": means.get("iou")}
-    per_class = {k: v for k, v in means.items() if k not in ("dice", "iou")}
+    out.update({k: means[k] for k in ("hd95", "nsd") if k in means})
+    per_class = {k: v for k, v in means.items() if k not in ("dice", "iou", "hd95", "nsd")}
     if per_class:
         out["classes"] = per_class
     out.update(extra)
@@ -116,12 +134,17 @@ def summarise(mode: str, level: int | None, cases: list[dict[str, Any]], **extra
 
 
 def evaluate(predictor: Any, ds: Any, mode: str | Mode | None = None, level: int | None = None, tta: bool = False,
-             cases: Sequence[str] | None = None, progress: Progress | None = None) -> dict[str, Any]:
+             cases: Sequence[str] | None = None, progress: Progress | None = None, native: bool = True,
+             surface: bool = True, empty: str = "one", tolerance: float | None = None) -> dict[str, Any]:
     """Score ``predictor`` on ``ds`` (a dataset of :func:`unetpp.data.open_dataset`).
 
-    Returns ``{"mode", "level", "dice", "iou", ["classes": {"dice_1", "iou_1", ...}],
-    "split", "tta", "cases": [{"case", "dice", "iou", ...}, ...]}``; ``level`` is None in
-    accurate mode.
+    By default each case is scored on its own grid at its own spacing (``native``), with
+    Dice, IoU, HD95 and NSD per class (``surface``; see :func:`unetpp.metrics.case_scores` for
+    ``empty`` and ``tolerance``).
+
+    Returns ``{"mode", "level", "dice", "iou", ["hd95", "nsd"], ["classes": {"dice_1", ...}],
+    "split", "tta", "grid", "cases": [{"case", "dice", "iou", ...}, ...]}``; ``level`` is None
+    in accurate mode.
     """
     check_compatible(ds, predictor)
     mode = predictor.resolve(mode, level)
@@ -129,29 +152,50 @@ def evaluate(predictor: Any, ds: Any, mode: str | Mode | None = None, level: int
         names, source = select_cases(ds, predictor.config, "evaluate")
     else:
         names, source = list(cases), "given"
-    scored = score_modes(predictor, ds, names, [mode], tta=tta, progress=progress)
-    return summarise(mode.name, mode.level, scored[mode], split=source, tta=tta)
+    scored = score_modes(predictor, ds, names, [mode], tta=tta, progress=progress, native=native,
+                         surface=surface, empty=empty, tolerance=tolerance)
+    name, lv = (mode.name, mode.level) if mode is not None else ("ensemble", None)
+    return summarise(name, lv, scored[mode], split=source, tta=tta,
+                     grid="native" if native else "network", **({"empty": empty} if surface else {}))
 
 
 def cases_csv(result: dict[str, Any]) -> str:
-    """One row per case (case, dice, iou, per-class columns), then a ``mean`` row."""
+    """One row per case (case, dice, iou, [hd95, nsd], per-class columns), then a ``mean``
+    row (the result's own means). An undefined value (HD95 against an empty mask) is
+    ``nan``; a missing one is empty."""
     rows = result["cases"]
     keys = ["case"] + [k for k in (rows[0] if rows else {"dice": 0, "iou": 0}) if k != "case"]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(keys)
+
+    def cell(v: Any) -> str:
+        return "" if v is None else "nan" if v != v else f"{v:.6f}"
+
     for r in rows:
-        writer.writerow([r[k] if k == "case" else f"{r[k]:.6f}" for k in keys])
-    means = {"dice": result["dice"], "iou": result["iou"], **(result.get("classes") or {})}
-    writer.writerow(["mean"] + [f"{means[k]:.6f}" if means.get(k) is not None else "" for k in keys[1:]])
+        writer.writerow([r[k] if k == "case" else cell(r.get(k)) for k in keys])
+    means = {**{k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+             **(result.get("classes") or {})}
+    writer.writerow(["mean"] + [cell(means.get(k)) for k in keys[1:]])
     return buf.getvalue()
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with every NaN float replaced by None (strict JSON has no NaN)."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_ready(v) for v in value]
+    return value
 
 
 def write_evaluation(result: dict[str, Any], json_path: str | os.PathLike | None,
                      csv_path: str | os.PathLike | None) -> None:
     """Write the JSON and the per-case CSV (each atomically; None skips one)."""
     if json_path is not None:
-        atomic_write_json(json_path, result)
+        atomic_write_json(json_path, json_ready(result))
     if csv_path is not None:
         atomic_write_text(csv_path, cases_csv(result))
 

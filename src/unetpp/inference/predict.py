@@ -38,8 +38,9 @@ import torch
 
 from ..errors import DataError, UnetppError
 from ..io import atomic_write_bytes
-from ..models.mode import Mode, combine_heads
+from ..models.mode import Mode
 from .engine import probabilities_to_labels
+from .postprocess import apply as apply_postprocess
 from .overlay import overlay_png
 
 GLOB_CHARS = set("*?[")
@@ -171,8 +172,8 @@ def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike
         mode = network.mode
         levels = network.levels()
     else:
-        mode = predictor.resolve(mode, level)
-        levels = mode.levels(predictor.levels)
+        mode = predictor.resolve(mode, level)  # None for an ensemble without flags
+        levels = mode.levels(predictor.levels) if mode is not None else ()
     files, problems = expand_inputs(inputs, predictor.in_channels)
     if not files:
         raise UnetppError(problems or ["no inputs"])
@@ -190,10 +191,11 @@ def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike
             image, meta = predictor.read(path)
             if network is not None:
                 probs = predictor.level_probabilities(image, levels, tta=tta, network=network)[levels[0]]
-            else:
-                probs = combine_heads(predictor.level_probabilities(image, levels, tta=tta), mode)
+            else:  # a run, or an ensemble's mean (mode None: each run's own choice)
+                probs = predictor.predict_tensor(image, mode, tta=tta)
             probs = to_input_grid(probs, meta)  # resample probabilities first, then the argmax
             labels = probabilities_to_labels(torch.from_numpy(probs), predictor.classes).numpy()
+            labels = apply_postprocess(labels, getattr(predictor, "postprocess", None) if network is None else None)
             name, ext = output_name(path, predictor.in_channels)
             base, k = name, 1
             while name in used:  # two inputs with the same name from different folders

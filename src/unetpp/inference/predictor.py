@@ -55,6 +55,8 @@ from ..io import read_json
 from ..models.mode import MODES, Mode, combine_heads, resolve_mode
 from ..run import PRUNE, WEIGHTS, load_model, stored_patch_size
 from .engine import level_network, predict_with, probabilities, probabilities_to_labels
+from .postprocess import apply as apply_postprocess
+from .postprocess import read_postprocess
 
 
 def read_prune_choice(run: str | os.PathLike | None) -> Mode | None:
@@ -111,6 +113,8 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.overlap = float(overlap)
         self.choice = read_prune_choice(self.run)
+        #: the run's postprocess.json (chosen on out-of-fold predictions), applied to masks
+        self.postprocess = read_postprocess(self.run)
         #: the sliding window: the training patch as stored (no default of its own)
         self.patch_size: tuple[int, ...] = stored_patch_size(config, model.config.dims,
                                                              f"{self.run or 'run'}/config.json")
@@ -236,7 +240,7 @@ class Predictor:
                 tta: bool = False, normalised: bool = False) -> np.ndarray:
         """int64 label map of the input's spatial shape (binary: 0/1; K classes: 0..K-1)."""
         probs = self.predict_tensor(self.prepare(array, normalised), mode, level, tta)
-        return probabilities_to_labels(probs, self.classes).numpy()
+        return apply_postprocess(probabilities_to_labels(probs, self.classes).numpy(), self.postprocess)
 
     def read(self, path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, Any]]:
         """Read and prepare a file as training did (``unetpp.data.io.read_input``)."""
@@ -257,7 +261,8 @@ class Predictor:
 
         image, meta = self.read(path)
         probs = to_input_grid(self.predict_tensor(image, mode, level, tta), meta)
-        return probabilities_to_labels(torch.from_numpy(probs), self.classes).numpy(), probs, meta
+        labels = probabilities_to_labels(torch.from_numpy(probs), self.classes).numpy()
+        return apply_postprocess(labels, self.postprocess), probs, meta
 
     def __repr__(self) -> str:
         cfg = self.model.config

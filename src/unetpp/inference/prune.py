@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import RunError
 from ..io import atomic_write_bytes, atomic_write_json
 from ..models import build_model, count_parameters
 from ..models.mode import Mode
@@ -111,23 +112,34 @@ def prune(predictor: Any, ds: Any, tolerance: float = 0.5, repeats: int = 10, wa
           write_to: str | os.PathLike | None = None) -> dict[str, Any]:
     """Score and measure every level and accurate mode; choose; write prune.json/png.
 
+    ``predictor`` may be a cross-validation :class:`~.ensemble.Ensemble`: every level is then
+    scored on all out-of-fold predictions (each case by the fold that did not train on it),
+    with a 95 % interval over cases, and the choice is written to the CV folder and to every
+    fold (so the ensemble predicts with it).
+
     ``write_to``: the run folder to write ``prune.json`` and ``prune.png`` into (default the
     predictor's run; None and no run: nothing written).
     """
     if not 0 <= tolerance <= 100:
         raise ValueError(f"--tolerance must be between 0 and 100 IoU points, got {tolerance}")
+    cv_folder = getattr(predictor, "run", None)
     check_compatible(ds, predictor)
-    model = predictor.fast_model  # the network predict runs: its latency is what a user gets
-    names, source = select_cases(ds, predictor.config, "prune")
     multi = len(predictor.levels) > 1
     modes = [Mode.fast(lv) for lv in predictor.levels] + ([Mode.accurate()] if multi else [])
-    scored = score_modes(predictor, ds, names, modes, tta=tta, progress=progress)
+    members = getattr(predictor, "members", None)
+    if members is not None:  # a cross-validation: every case scored by the fold that did not train on it
+        names, source, scored = _out_of_fold(predictor, ds, modes, tta, progress)
+        predictor = members[0]
+    else:
+        names, source = select_cases(ds, predictor.config, "prune")
+        scored = score_modes(predictor, ds, names, modes, tta=tta, progress=progress)
+    model = predictor.fast_model  # the network predict runs: its latency is what a user gets
     input_shape = (1, predictor.in_channels, *predictor.patch_size)  # latency of one training patch
     costs = measure_costs(model, input_shape, predictor.device, repeats, warmup)
 
     def entry(mode: Mode, key: str) -> dict[str, Any]:
         s = summarise(mode.name, mode.level, scored[mode])
-        e = {"iou": s["iou"], "dice": s["dice"], **costs[key]}
+        e = {"iou": s["iou"], "dice": s["dice"], "iou_ci95": _ci95([c["iou"] for c in scored[mode]]), **costs[key]}
         if s.get("classes"):
             e["classes"] = s["classes"]
         return e
@@ -139,10 +151,43 @@ def prune(predictor: Any, ds: Any, tolerance: float = 0.5, repeats: int = 10, wa
     result = {"levels": levels, "accurate": accurate, "chosen": chosen, "tolerance": tolerance,
               "cases": len(names), "split": source, "input_shape": list(input_shape),
               "device": str(predictor.device), "repeats": repeats, "tta": tta}
-    folder = write_to if write_to is not None else predictor.run
+    folder = write_to if write_to is not None else (cv_folder if members is not None else predictor.run)
     if folder is not None:
         write_prune(folder, result, title=Path(folder).name)
+    for member in members or []:  # each fold predicts in the mode chosen across folds
+        write_prune(member.run, result, title=Path(member.run).name)
+        member.choice = Mode.from_json(chosen)
     return result
+
+
+def _ci95(values: Sequence[float]) -> list[float] | None:
+    """Normal-approximation 95 % interval of the mean over cases (None for fewer than 2)."""
+    v = [x for x in values if x == x]
+    if len(v) < 2:
+        return None
+    half = 1.96 * statistics.stdev(v) / len(v) ** 0.5
+    return [statistics.fmean(v) - half, statistics.fmean(v) + half]
+
+
+def _out_of_fold(ensemble: Any, ds: Any, modes: list[Mode], tta: bool,
+                 progress: Progress | None) -> tuple[list[str], str, dict[Mode, list[dict[str, Any]]]]:
+    """Every mode scored on every fold's validation cases with that fold's model, pooled."""
+    from ..io import read_json
+
+    splits_path = Path(ensemble.run or ".") / "splits_final.json"
+    if ensemble.run is None or not splits_path.is_file():
+        raise RunError(f"{splits_path}: missing; prune an ensemble only as a cross-validation folder")
+    splits = read_json(splits_path)
+    if len(splits) != len(ensemble.members):
+        raise RunError(f"{splits_path}: {len(splits)} folds, but {len(ensemble.members)} fold runs")
+    pooled: dict[Mode, list[dict[str, Any]]] = {m: [] for m in modes}
+    names: list[str] = []
+    for member, split in zip(ensemble.members, splits):
+        scored = score_modes(member, ds, split["val"], modes, tta=tta, progress=progress)
+        for m in modes:
+            pooled[m] += scored[m]
+        names += split["val"]
+    return names, "out-of-fold", pooled
 
 
 def plot(result: dict[str, Any], title: str = "") -> bytes:
