@@ -30,6 +30,7 @@ import numpy as np
 from ..errors import DataError
 from .formats import read_file
 from .layouts import CaseFiles, Scan, scan
+from .orientation import canonical_shape, canonical_spacing, reorientation
 
 #: Foreground intensities kept per case and channel for the CT statistics.
 FG_SAMPLES_PER_CASE = 10_000
@@ -193,7 +194,10 @@ def read_case(case: CaseFiles, labels: dict[int, str]) -> tuple[np.ndarray, np.n
 def fingerprint(image: np.ndarray, label: np.ndarray | None, meta: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     """What planning needs from one case: shape, spacing, channels, dtype range and a sample
     of foreground intensities per channel (for CT statistics)."""
-    fp: dict[str, Any] = {"shape": list(image.shape[1:]), "spacing": list(meta["spacing"]),
+    # shape and spacing in the canonical (S, A, R) order that training uses (see orientation)
+    r = reorientation(meta) if image.ndim == 4 else None
+    fp: dict[str, Any] = {"shape": canonical_shape(image.shape[1:], r),
+                          "spacing": canonical_spacing(meta["spacing"], r),
                           "channels": int(image.shape[0]), "spatial_dims": image.ndim - 1,
                           "dtype": str(image.dtype), "source": meta["source"][0]}
     fg = label > 0 if label is not None else np.zeros(image.shape[1:], bool)

@@ -29,6 +29,7 @@ import numpy as np
 from ..errors import DataError
 from .check import Inspection, read_case
 from .layouts import CaseFiles
+from .orientation import canonical_spacing, reorientation, to_canonical
 from .normalize import MODALITIES, apply_normalization, fit_channel, modality_of, scheme_for
 from .resample import needs_resampling, new_shape, resize, target_spacing
 
@@ -201,23 +202,34 @@ class SegDataset:
 
 def prepare(image: np.ndarray, label: np.ndarray | None, meta: dict[str, Any],
             config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
-    """Resample (volumes, to ``config["target_spacing"]``) and normalise a raw case.
+    """Reorient (volumes, to the canonical (S, A, R) order: :mod:`.orientation`), resample
+    (to ``config["target_spacing"]``) and normalise a raw case.
 
-    ``meta`` keeps the original ``shape``/``spacing``/``affine``; ``meta["grid_shape"]`` is
-    the shape the network sees, so :func:`unetpp.data.io.write_mask` can resize back.
+    ``meta`` keeps the original ``shape``/``spacing``/``affine``; ``meta["orientation"]`` and
+    ``meta["canonical_shape"]`` say how to undo the reorientation, and ``meta["grid_shape"]``
+    is the shape the network sees, so :func:`unetpp.data.io.to_input_grid` and ``write_mask``
+    can bring predictions back.
     """
     meta = dict(meta)
+    spacing = list(meta["spacing"])
+    if image.ndim == 4:
+        r = reorientation(meta)
+        if r is not None:
+            image, label = to_canonical(image, r), to_canonical(label, r)
+            spacing = canonical_spacing(spacing, r)
+            meta["orientation"] = r
+            meta["canonical_shape"] = list(image.shape[1:])
     target = config.get("target_spacing")
     shape = tuple(image.shape[1:])
-    if image.ndim == 4 and needs_resampling(meta["spacing"], target):
-        shape = new_shape(shape, meta["spacing"], target)
+    if image.ndim == 4 and needs_resampling(spacing, target):
+        shape = new_shape(shape, spacing, target)
         _check_grid(meta, shape, image.shape[0], target)
         image = resize(image.astype(np.float32), shape, order=1)
         if label is not None:
             label = resize(label, shape, order=0)
         meta["grid_spacing"] = list(target)
     else:
-        meta["grid_spacing"] = list(meta["spacing"])
+        meta["grid_spacing"] = spacing
     meta["grid_shape"] = list(shape)
     meta["classes"] = int(config["classes"])
     image = apply_normalization(image, config["normalization"])

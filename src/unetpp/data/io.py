@@ -30,6 +30,7 @@ from ..errors import DataError
 from .check import _same_geometry
 from .dataset import prepare
 from .formats import format_of, read_file, strip_suffix, suffix_of, write_file
+from .orientation import from_canonical
 from .resample import resize
 
 
@@ -106,17 +107,19 @@ def read_input(path: str | os.PathLike | Sequence[str | os.PathLike],
 
 
 def to_input_grid(probs: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
-    """Probabilities ``(K', *grid)`` on the network's grid -> on the input's own grid
-    (``meta["shape"]``), linearly: the argmax is taken *after* this, as nnU-Net does, so the
+    """Probabilities ``(K', *grid)`` on the network's grid (``meta["grid_shape"]``, in the
+    canonical axis order) -> on the input's own grid (``meta["shape"]``, its own axis order),
+    linearly: the argmax is taken *after* this, as nnU-Net does, so the
     mask is the argmax of the written probabilities and thin structures keep their voxels
     (resizing labels with nearest neighbour after the argmax loses them)."""
     if hasattr(probs, "detach"):
         probs = probs.detach().cpu().numpy()
     shape = tuple(meta["shape"])
     probs = np.asarray(probs, dtype=np.float32)
-    if tuple(probs.shape[1:]) == shape:
+    if tuple(probs.shape[1:]) == shape and "orientation" not in meta:
         return probs
-    return resize(probs, shape, order=1)
+    canonical = tuple(meta.get("canonical_shape", shape))
+    return from_canonical(resize(probs, canonical, order=1), meta.get("orientation"))
 
 
 def write_mask(path_out: str | os.PathLike, labels: np.ndarray, meta: dict[str, Any]) -> Path:
@@ -124,8 +127,10 @@ def write_mask(path_out: str | os.PathLike, labels: np.ndarray, meta: dict[str, 
 
     Args:
         path_out: output file; its suffix picks the format (normally the input's).
-        labels: int label map on the grid ``read_input`` returned (``meta["grid_shape"]``) or
-            already on the original grid (``meta["shape"]``); values 0..K-1.
+        labels: int label map on the input's own grid (``meta["shape"]``, e.g. the argmax of
+            :func:`to_input_grid`'s probabilities), or on the network's grid
+            (``meta["grid_shape"]``, when that shape differs: then resized and reoriented
+            back by nearest neighbour); values 0..K-1.
         meta: from :func:`read_input` or ``Case.meta``.
 
     Returns:
@@ -136,12 +141,14 @@ def write_mask(path_out: str | os.PathLike, labels: np.ndarray, meta: dict[str, 
         labels = labels.detach().cpu().numpy()
     labels = np.asarray(labels)
     shape = tuple(meta["shape"])
-    if labels.shape != shape:
-        grid = tuple(meta.get("grid_shape", ()))
+    grid = tuple(meta.get("grid_shape", ()))
+    if labels.shape != shape:  # on the network's grid (in the canonical order): bring it back
         if labels.shape != grid:
             raise DataError(f"{path}: labels of shape {labels.shape} fit neither the input's grid "
                             f"{shape} nor the network's {grid}")
-        labels = resize(labels, shape, order=0)  # back onto the input's own voxels
+        # back onto the input's own voxels, in its own axis order
+        labels = from_canonical(resize(labels, tuple(meta.get("canonical_shape", shape)), order=0),
+                                meta.get("orientation"))
     fmt = format_of(path)
     if fmt == "jpg":
         path = path.with_suffix(".png")

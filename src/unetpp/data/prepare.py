@@ -55,7 +55,7 @@ from ..io import atomic_write_bytes, atomic_write_json, read_json
 from .check import Inspection, _check_consistency, _check_declared_channels, declared_labels, fingerprint, read_case
 from .layouts import CaseFiles, Scan, scan
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: volumes reoriented to (S, A, R) before resampling
 PLAN = "plan.json"
 IMAGE_DTYPES = ("float16", "float32")
 DEFAULT_IMAGE_DTYPE = "float32"

@@ -139,12 +139,11 @@ def _dicom_error(folder: Path) -> UnetppError:
 
 
 def write_probabilities(path: Path, probs: np.ndarray, meta: dict[str, Any]) -> Path:
-    """float32 ``(K', *S)`` on the input's grid (or the network's: then resampled), written as
-    the input's format (volumes) or as a float32 TIF (2D)."""
+    """float32 ``(K', *S)`` on the input's own grid (:func:`unetpp.data.io.to_input_grid`),
+    written as the input's format (volumes) or as a float32 TIF (2D)."""
     from ..data.formats import write_file
-    from ..data.io import to_input_grid
 
-    return write_file(path, np.ascontiguousarray(to_input_grid(probs, meta), dtype=np.float32), meta)
+    return write_file(path, np.ascontiguousarray(probs, dtype=np.float32), meta)
 
 
 def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike, mode: str | None = None,
