@@ -116,7 +116,7 @@ def surface_distances(pred: np.ndarray, target: np.ndarray, spacing: Sequence[fl
 
 def case_scores(pred_labels: ArrayLike, target_labels: ArrayLike, classes: int,
                 spacing: Sequence[float] | None = None, surface: bool = False, empty: str = "one",
-                tolerance: float | None = None) -> dict[str, float]:
+                tolerance: float | None = None, ignore: int | None = None) -> dict[str, float]:
     """Scores of one case from label maps (values 0..K-1; binary: 0/1).
 
     Returns ``{"dice_1": ..., "iou_1": ..., ..., "dice": mean over classes, "iou": ...}``;
@@ -124,10 +124,16 @@ def case_scores(pred_labels: ArrayLike, target_labels: ArrayLike, classes: int,
     (and ``hd95_<c>``, ``nsd_<c>`` per class for K > 2) in mm, using ``spacing`` (array order;
     None = 1 per axis) and the NSD ``tolerance`` in mm (None = the largest spacing). ``empty``
     is ``"one"`` or ``"nan"`` (module docstring). The defaults give Dice/IoU as always.
+    ``ignore``: voxels where the reference holds this value (nnU-Net v2's ignore label) count
+    for nothing (they are background in both maps).
     """
     if empty not in EMPTY_MODES:
         raise ValueError(f"empty must be one of {', '.join(EMPTY_MODES)}, got {empty!r}")
     pred, target = _as_numpy(pred_labels), _as_numpy(target_labels)
+    if ignore is not None:
+        left_out = target == ignore
+        if left_out.any():
+            pred, target = np.where(left_out, 0, pred), np.where(left_out, 0, target)
     if surface:
         if pred.shape != target.shape:
             raise ValueError(f"prediction shape {pred.shape} differs from reference shape {target.shape}")

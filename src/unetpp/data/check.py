@@ -76,7 +76,24 @@ def declared_labels(sc: Scan, problems: list[str]) -> dict[int, str]:
     if sorted(labels) != list(range(len(labels))) or len(labels) < 2:
         problems.append(f"{where}: labels {sorted(labels)} must be 0..K-1 with K >= 2 "
                         "(0 = background)")
+    ignore = ignore_label(labels)
+    if ignore is not None and (ignore != max(labels) or len(labels) < 3):
+        problems.append(f"{where}: the \"ignore\" label must have the highest value, after background and "
+                        f"at least one class (nnU-Net v2's rule), got {ignore}")
     return labels
+
+
+def ignore_label(labels: dict[int, str]) -> int | None:
+    """The value of nnU-Net v2's ``ignore`` label (voxels left out of the loss and the
+    scores), or None."""
+    found = [k for k, v in labels.items() if str(v).strip().lower() == "ignore"]
+    return found[0] if found else None
+
+
+def trained_labels(labels: dict[int, str]) -> dict[int, str]:
+    """The declared labels without ``ignore``: the classes a network predicts."""
+    ignore = ignore_label(labels)
+    return {k: v for k, v in labels.items() if k != ignore}
 
 
 def _mask_to_labels(mask: np.ndarray, path: Path, labels: dict[int, str], lossy: bool,
@@ -209,6 +226,7 @@ def fingerprint(image: np.ndarray, label: np.ndarray | None, meta: dict[str, Any
             values = rng.choice(values, FG_SAMPLES_PER_CASE, replace=False)
         samples.append(values.astype(np.float32))
     fp["foreground"] = samples
+    fp["nonzero_fraction"] = float(np.count_nonzero(np.any(image != 0, axis=0))) / max(1, int(np.prod(image.shape[1:])))
     fp["label_values"] = sorted(np.unique(label).tolist()) if label is not None else []
     return fp
 

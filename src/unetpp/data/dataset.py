@@ -27,10 +27,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import DataError
-from .check import Inspection, read_case
+from .check import Inspection, ignore_label, read_case, trained_labels
 from .layouts import CaseFiles
 from .orientation import canonical_spacing, reorientation, to_canonical
-from .normalize import MODALITIES, apply_normalization, fit_channel, modality_of, scheme_for
+from .normalize import MODALITIES, apply_normalization, fit_channel, modality_of, scheme_for, use_nonzero_mask
 from .resample import needs_resampling, new_shape, resize, target_spacing
 
 DATA_CONFIG_VERSION = 1
@@ -61,7 +61,11 @@ class SegDataset:
         self.root: Path = ins.scan.root
         self.layout: str = ins.scan.layout
         self.info: dict[str, Any] = ins.scan.info
-        self.labels: dict[int, str] = dict(sorted(ins.labels.items()))
+        #: the labels as declared (masks may hold all of them: ``ignore`` included)
+        self.declared_labels: dict[int, str] = dict(sorted(ins.labels.items()))
+        #: nnU-Net v2's ``ignore`` label: left out of the loss and the scores
+        self.ignore_label: int | None = ignore_label(self.declared_labels)
+        self.labels: dict[int, str] = trained_labels(self.declared_labels)
         self.classes: int = 1 if len(self.labels) == 2 else len(self.labels)
         self._files: dict[str, CaseFiles] = {c.name: c for c in ins.scan.cases}
         self.case_names: list[str] = sorted(self._files)
@@ -121,7 +125,11 @@ class SegDataset:
             fg = None
             if scheme == "ct":
                 fg = np.concatenate([fp["foreground"][c] for fp in self.fingerprints.values()])
-            specs.append(fit_channel(scheme, foreground=fg, window=ct_window, dtype_max=dtype_max))
+            spec = fit_channel(scheme, foreground=fg, window=ct_window, dtype_max=dtype_max)
+            if scheme == "zscore" and use_nonzero_mask([fp.get("nonzero_fraction", 1.0)
+                                                        for fp in self.fingerprints.values()]):
+                spec["nonzero"] = True  # a zero background: z-score inside the non-zero mask
+            specs.append(spec)
         return specs
 
     def __len__(self) -> int:
@@ -146,6 +154,7 @@ class SegDataset:
             "channel_names": list(self.channel_names),
             "classes": self.classes,
             "labels": {str(k): v for k, v in self.labels.items()},
+            "ignore_label": self.ignore_label,
             "normalization": [dict(s) for s in self.normalization],
             "target_spacing": self.target_spacing,
             "axes": "zyx" if self.spatial_dims == 3 else "yx",
@@ -167,7 +176,7 @@ class SegDataset:
             return self._cache[name]
         if name not in self._files:
             raise DataError(f"{self.root}: no case named {name!r}")
-        image, label, meta = read_case(self._files[name], self.labels)
+        image, label, meta = read_case(self._files[name], self.declared_labels)
         image, label, meta = prepare(image, label, meta, self.data_config())
         case = Case(name, image, label, meta)
         self._remember(case)
@@ -175,7 +184,7 @@ class SegDataset:
 
     def native_label(self, name: str) -> np.ndarray:
         """The case's label map on its file's own grid (before resampling), int64."""
-        return read_case(self._files[name], self.labels)[1]
+        return read_case(self._files[name], self.declared_labels)[1]
 
     def _remember(self, case: Case) -> None:
         size = case.image.nbytes + (case.label.nbytes if case.label is not None else 0)

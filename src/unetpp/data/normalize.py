@@ -4,6 +4,7 @@ One spec per input channel (``data_config()["normalization"]`` is a list of them
 
     {"scheme": "ct", "clip": [lo, hi], "mean": m, "std": s}   # dataset statistics
     {"scheme": "zscore"}                                       # per case: (x - mean) / std
+    {"scheme": "zscore", "nonzero": true}                      # ... inside the non-zero mask
     {"scheme": "scale", "divide": 255.0}                       # RGB: x / 255
     {"scheme": "none"}
 
@@ -12,7 +13,10 @@ One spec per input channel (``data_config()["normalization"]`` is a list of them
   (labelled) voxels of the training cases, as nnU-Net does, unless one is given (e.g.
   ``(-160, 240)`` for an abdominal window). The mean/std are those of the clipped foreground.
 - **MRI, microscopy, other** (arbitrary units that vary from scan to scan): z-score each case
-  on its own, as nnU-Net does.
+  on its own, as nnU-Net does. When the images have a zero background (skull-stripped brain
+  MRI: the median case is less than 3/4 non-zero, nnU-Net's rule), the mean and std are those
+  of the non-zero voxels and the background stays 0 (``"nonzero": true``, planned once from
+  the fingerprints: :func:`use_nonzero_mask`).
 - **RGB** (endoscopy, histology): divide by the maximum of the storage type (255 for 8 bits).
 
 Example::
@@ -92,17 +96,32 @@ def fit_channel(scheme: str, foreground: np.ndarray | None = None,
     raise ValueError(f"unknown normalisation scheme {scheme!r}")
 
 
+#: z-score inside the non-zero mask when the median case is less non-zero than this
+NONZERO_FRACTION = 0.75
+
+
+def use_nonzero_mask(nonzero_fractions: Sequence[float]) -> bool:
+    """nnU-Net's rule: normalise inside the non-zero mask when cropping to it would shrink the
+    median case by a quarter or more (a zero background, e.g. skull-stripped MRI)."""
+    return bool(len(nonzero_fractions)) and float(np.median(nonzero_fractions)) < NONZERO_FRACTION
+
+
 def apply_normalization(image: np.ndarray, specs: list[dict[str, Any]]) -> np.ndarray:
     """Normalise ``image`` (C, *spatial) channel by channel; returns float32 of the same shape."""
     image = np.asarray(image)
     if image.shape[0] != len(specs):
         raise ValueError(f"image has {image.shape[0]} channels, the normalisation spec {len(specs)}")
     out = np.empty(image.shape, np.float32)
+    nonzero = np.any(image != 0, axis=0) if any(s.get("nonzero") for s in specs) else None
     for c, spec in enumerate(specs):
         x = image[c].astype(np.float32, copy=False)
         scheme = spec["scheme"]
         if scheme == "ct":
             x = (np.clip(x, *spec["clip"]) - spec["mean"]) / spec["std"]
+        elif scheme == "zscore" and spec.get("nonzero") and nonzero is not None and nonzero.any():
+            inside = x[nonzero]
+            mean, std = float(inside.mean(dtype=np.float64)), float(inside.std(dtype=np.float64))
+            x = np.where(nonzero, (x - mean) / max(std, 1e-8), 0.0).astype(np.float32)
         elif scheme == "zscore":
             mean, std = float(x.mean(dtype=np.float64)), float(x.std(dtype=np.float64))
             x = (x - mean) / max(std, 1e-8)

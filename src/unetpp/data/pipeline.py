@@ -167,7 +167,8 @@ class _Patches(Dataset):
         prepared dataset, else computed once per case (the same seeded subset)."""
         if name not in self._fg:
             stored = getattr(self.ds, "foreground_positions", None)
-            self._fg[name] = stored(name) if stored is not None else foreground_positions(label)
+            self._fg[name] = stored(name) if stored is not None else foreground_positions(
+                label, getattr(self.ds, "ignore_label", None))
         return self._fg[name]
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

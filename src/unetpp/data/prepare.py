@@ -163,14 +163,14 @@ def crc32_of(array: np.ndarray) -> int:
     return zlib.crc32(memoryview(np.ascontiguousarray(array)).cast("B"))
 
 
-def foreground_positions(label: np.ndarray) -> dict[int, np.ndarray]:
+def foreground_positions(label: np.ndarray, ignore: int | None = None) -> dict[int, np.ndarray]:
     """Per foreground class, the flat indices of up to :data:`FG_POSITIONS` of its voxels (a
     seeded subset, so every process and the cache draw the same). The loader centres a third
     of its patches on these."""
     rng = np.random.default_rng(0)
     per_class = {}
     for k in np.unique(label).tolist():
-        if k == 0:
+        if k == 0 or k == ignore:  # background and nnU-Net's ignore label are not foreground
             continue
         idx = np.flatnonzero(label == k)
         if idx.size > FG_POSITIONS:
@@ -234,7 +234,7 @@ def preprocess_case(case: CaseFiles, labels: dict[int, str], data_config: dict[s
         entry["label"] = {"shape": list(label.shape), "dtype": str(label.dtype), "crc32": crc32_of(label)}
         _write(out / f"{case.name}.label.npy", npy_bytes(label))
         entry["label"].update(_stamp(out / f"{case.name}.label.npy"))
-        fg = foreground_positions(label)
+        fg = foreground_positions(label, data_config.get("ignore_label"))
         import io
 
         buf = io.BytesIO()

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..io import read_json
+from .check import ignore_label, trained_labels
 from .dataset import Case
 from .layouts import Scan
 from .prepare import PLAN, crc32_of, locked, preprocess_case
@@ -45,7 +46,10 @@ class PreparedDataset:
         self.root: Path = sc.root
         self.layout: str = self.plan["layout"]
         self.info: dict[str, Any] = sc.info
-        self.labels: dict[int, str] = {int(k): v for k, v in self.plan["labels"].items()}
+        #: as declared (masks may hold ``ignore``); ``labels`` are the classes a network predicts
+        self.declared_labels: dict[int, str] = {int(k): v for k, v in self.plan["labels"].items()}
+        self.labels: dict[int, str] = trained_labels(self.declared_labels)
+        self.ignore_label: int | None = ignore_label(self.declared_labels)
         self._config: dict[str, Any] = self.plan["data_config"]
         self.classes: int = int(self._config["classes"])
         self._files = {c.name: c for c in sc.cases}
@@ -118,7 +122,7 @@ class PreparedDataset:
             for p in problems:
                 log(f"{p}; preparing {name} again")
             with locked(self.folder):
-                result = preprocess_case(self._files[name], self.labels, self._config, self.image_dtype,
+                result = preprocess_case(self._files[name], self.declared_labels, self._config, self.image_dtype,
                                          self.plan["digest"], str(self.folder))
             if result["problems"]:
                 raise DataError(result["problems"])
@@ -157,7 +161,7 @@ class PreparedDataset:
         """The case's label map on its file's own grid (read from the source), int64."""
         from .check import read_case
 
-        return read_case(self._files[name], self.labels)[1]
+        return read_case(self._files[name], self.declared_labels)[1]
 
     def foreground_positions(self, name: str) -> dict[int, np.ndarray]:
         """Per class, stored flat indices of its voxels (:func:`prepare.foreground_positions`)."""

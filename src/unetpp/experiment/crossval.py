@@ -123,7 +123,8 @@ def score_out_of_fold(runs: Path, ds: Any, splits: list[dict[str, list[str]]],
                 probs = torch.from_numpy(to_input_grid(probs, case.meta))
             labels = probabilities_to_labels(probs, ds.classes).numpy()
             reference = ds.native_label(name) if native else np.asarray(case.label)
-            scores = case_scores(labels, reference, ds.classes, spacing=case.meta.get("spacing"), surface=True)
+            scores = case_scores(labels, reference, ds.classes, spacing=case.meta.get("spacing"), surface=True,
+                                 ignore=ds.ignore_label)
             fold_rows.append({"case": name, "fold": k, "dice": scores.pop("dice"), "iou": scores.pop("iou"), **scores})
             pairs.append((labels, reference))
             buf = io.BytesIO()

@@ -113,7 +113,7 @@ def score_modes(predictor: Any, ds: Any, names: Sequence[str], modes: Sequence[M
             if native and getattr(predictor, "postprocess", None):  # chosen on native out-of-fold masks
                 labels = apply_postprocess(labels.numpy(), predictor.postprocess)
             extra = dict(spacing=spacing, surface=True, empty=empty, tolerance=tolerance) if surface else {}
-            scores = case_scores(labels, reference, classes, **extra)
+            scores = case_scores(labels, reference, classes, ignore=getattr(ds, "ignore_label", None), **extra)
             results[mode].append({"case": name, "dice": scores.pop("dice"), "iou": scores.pop("iou"), **scores})
         if progress is not None:
             progress(done, len(names), name)

@@ -187,7 +187,7 @@ def _build(cfg: TrainConfig, ds: Any, saved: dict[str, Any] | None, device: torc
     setup = runtime.training_setup(model, device, channels_last=cfg.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     criterion = DeepSupervisionLoss(levels, model_config.classes, cfg.level_weights, cfg.ce_weight,
-                                    cfg.dice_weight)
+                                    cfg.dice_weight, ignore=getattr(ds, "ignore_label", None))
 
     def measure(dtype: torch.dtype) -> float:
         x = torch.randn((batch_size, model_config.in_channels, *patch), generator=torch.Generator().manual_seed(0))

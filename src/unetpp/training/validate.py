@@ -125,8 +125,9 @@ class Validator:
                                               overlap=self.overlap, batch_size=self.batch_size,
                                               device=self.device, dtype=self.dtype)
                 row = []
+                ignore = getattr(self.ds, "ignore_label", None)
                 for probs_of_mode in [probs[lv] for lv in levels] + [combine_heads(probs, Mode.accurate())]:
-                    s = case_scores(probabilities_to_labels(probs_of_mode, classes), label, classes)
+                    s = case_scores(probabilities_to_labels(probs_of_mode, classes), label, classes, ignore=ignore)
                     row += [s["dice"], s["iou"]]
                 sums += torch.tensor(row, dtype=torch.float64)
         finally:
