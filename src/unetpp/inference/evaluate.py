@@ -122,7 +122,7 @@ def score_modes(predictor: Any, ds: Any, names: Sequence[str], modes: Sequence[M
 
 def summarise(mode: str, level: int | None, cases: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
     """The contract's JSON: ``{"mode", "level", "dice", "iou", "cases": [...]}`` (+ per class)."""
-    means = mean_scores([{k: v for k, v in c.items() if k != "case"} for c in cases])
+    means = mean_scores([{k: v for k, v in c.items() if k not in ("case", "fold")} for c in cases])
     out: dict[str, Any] = {"mode": mode, "level": level, "dice": means.get("dice"), "iou": means.get("iou")}
     out.update({k: means[k] for k in ("hd95", "nsd") if k in means})
     per_class = {k: v for k, v in means.items() if k not in ("dice", "iou", "hd95", "nsd")}
