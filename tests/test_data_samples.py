@@ -201,7 +201,7 @@ def test_cli_list_and_fetch(tmp_path, nuclei_2d, capsys):
         main(["data", "list", "--json"])
     assert e.value.code in (0, None)
     listed = json.loads(capsys.readouterr().out)
-    assert [s["name"] for s in listed] == ["nuclei-2d", "nuclei-3d", "ct-abdomen"]
+    assert [s["name"] for s in listed] == ["nuclei-2d", "nuclei-3d", "ct-abdomen", "ct-dicom"]
     assert all("==" in s["package"] for s in listed)  # pinned
     with pytest.raises(SystemExit) as e:
         main(["data", "fetch", "nuclei-2d", "--dest", str(tmp_path / "d")])

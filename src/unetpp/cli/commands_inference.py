@@ -204,14 +204,22 @@ def predict(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (fro
                                                 help="Run this file from 'unetpp export --format onnx' "
                                                      "through ONNX Runtime instead of PyTorch."),
             batch_size: int = typer.Option(4, "--batch-size", help="Windows/slices per forward pass."),
-            device: str = typer.Option("auto", "--device", help=DEVICE_HELP)) -> None:
-    """Segment images and volumes; masks keep the input's format, shape, spacing and affine.
+            device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+            mask_format: Optional[str] = typer.Option(None, "--format", metavar="nifti|dicom-seg",
+                                                      help="Mask format. Default: the input's own; NIfTI in the "
+                                                           "series' world geometry for a DICOM series folder. "
+                                                           "dicom-seg: a DICOM-SEG referencing the series, "
+                                                           "segments named from the run's labels.")) -> None:
+    """Segment images, volumes and DICOM series; masks keep the input's format, shape, spacing and affine.
 
-    A failure on one input is reported (one line naming it) and the others still complete;
-    the exit status is then 1.
+    A DICOM series folder (needs pip install 'unetpp[dicom]') gets a NIfTI mask in its world
+    geometry, or with --format dicom-seg a DICOM-SEG. A failure on one input is reported (one
+    line naming it) and the others still complete; the exit status is then 1.
     """
-    from ..inference.predict import predict_inputs
+    from ..inference.predict import MASK_FORMATS, predict_inputs
 
+    if mask_format is not None and mask_format not in MASK_FORMATS:
+        raise UnetppError(f"--format must be one of {', '.join(MASK_FORMATS)}, got {mask_format!r}")
     predictor = _load(run, "cpu" if onnx is not None else device, batch_size)
     ok = {"n": 0}
 
@@ -227,7 +235,7 @@ def predict(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (fro
 
         outcomes = predict_inputs(predictor, inputs, out_dir, mode, level, tta=tta,
                                   probabilities=probabilities, overlay=overlay,
-                                  onnx=onnx, progress=step, on_start=started)
+                                  onnx=onnx, progress=step, on_start=started, mask_format=mask_format)
     failed = [o.error for o in outcomes if o.error]
     log(f"wrote {ok['n']} mask(s) to {out_dir}" + (f"; {len(failed)} input(s) failed" if failed else ""))
     if failed:

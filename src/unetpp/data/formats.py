@@ -7,7 +7,7 @@ Every reader returns ``(array, meta)``:
   ``(X, Y, Z)``; we reverse the axes so that spatial axis 0 is the slice axis, as SimpleITK
   and nnU-Net do, which makes "2D training from a volume" mean axial slices for CT/MRI.
 - ``meta``: a JSON-friendly dict with ``format`` (``png``, ``jpg``, ``bmp``, ``tif``,
-  ``nifti``, ``nrrd``, ``mha``), ``shape`` (spatial, in array order), ``spacing`` (array
+  ``nifti``, ``nrrd``, ``mha``, ``dicom``: a series folder, read by :mod:`.dicom`), ``shape`` (spatial, in array order), ``spacing`` (array
   order), and for volumes ``affine`` (the 4x4 voxel-to-world matrix of the *file*, in the
   file's own axis order) plus what the matching writer needs (NIfTI codes, NRRD header).
 
@@ -79,10 +79,16 @@ def read_file(path: str | os.PathLike, mask: bool = False) -> tuple[np.ndarray, 
     converted to RGB instead.
     """
     path = Path(path)
+    if path.is_dir():  # a DICOM series folder (:mod:`.dicom`); any other folder is refused there
+        from .dicom import read_series
+
+        array, meta = read_series(path)
+        _check_geometry(path, meta)
+        return array, meta
     fmt = format_of(path)
     if not fmt:
         raise DataError(f"{path}: unsupported file type {path.suffix or '(none)'}; "
-                        f"expected one of {', '.join(SUFFIXES)}")
+                        f"expected one of {', '.join(SUFFIXES)} or a DICOM series folder")
     if not path.is_file():
         raise _missing_path_error(path)
     if path.stat().st_size == 0:

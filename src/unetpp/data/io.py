@@ -39,8 +39,9 @@ def _channel_files(path: Path, channels: int) -> list[Path]:
     m = re.match(r"^(?P<case>.+)_0000$", strip_suffix(path))
     if channels <= 1 or m is None:
         return [path]
-    files = [path.with_name(f"{m['case']}_{c:04d}{suffix_of(path)}") for c in range(channels)]
-    missing = [str(f) for f in files if not f.is_file()]
+    suffix = "" if path.is_dir() else suffix_of(path)  # a DICOM series folder per channel
+    files = [path.with_name(f"{m['case']}_{c:04d}{suffix}") for c in range(channels)]
+    missing = [str(f) for f in files if not (f.is_dir() if path.is_dir() else f.is_file())]
     if missing:
         raise DataError([f"{f}: channel file missing (the model takes {channels} channels)" for f in missing])
     return files

