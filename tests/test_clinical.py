@@ -74,3 +74,23 @@ def test_mri_with_a_zero_background_is_normalised_inside_the_non_zero_mask(tmp_p
     # a full-field image keeps the plain per-case z-score
     full = np.random.default_rng(1).normal(size=(1, 6, 6)).astype(np.float32)
     assert np.allclose(apply_normalization(full, [{"scheme": "zscore"}]).std(), 1, atol=1e-4)
+
+
+def test_label_names_travel_with_the_masks(tmp_path):
+    import unetpp
+    from unetpp.data.synthetic import write_synthetic_dataset
+    from unetpp.inference.predict import predict_inputs
+    from unetpp.run import make_run_config, save_weights, write_run_config
+
+    data = write_synthetic_dataset(tmp_path / "d", n_cases=2, size=32, seed=0)
+    ds = open_dataset(data)
+    model = unetpp.create_model("unetpp", depth=2, base_filters=4)
+    run = tmp_path / "run"
+    run.mkdir()
+    write_run_config(run, make_run_config(model.config, data=ds.data_config(), train={"patch_size": [32]}))
+    save_weights(run / "model.safetensors", model)
+    image = sorted((data / "images").iterdir())[0]
+    predict_inputs(unetpp.load(run), [str(image)], tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "labels.json").read_text()) == {"0": "background", "1": "foreground"}
+    lines = (tmp_path / "out" / "labels.txt").read_text().splitlines()
+    assert lines[0].startswith("# ITK-SNAP Label Description File") and lines[-1].endswith('"foreground"')

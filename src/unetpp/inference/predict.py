@@ -202,6 +202,7 @@ def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike
     if on_start is not None:
         on_start(len(files), mode)
     out.mkdir(parents=True, exist_ok=True)
+    write_label_names(out, (getattr(predictor, "data_config", None) or {}).get("labels"))
     used: set[str] = set()
     for done, path in enumerate(files, 1):
         outcome = Outcome(str(path))
@@ -244,6 +245,36 @@ def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike
         if progress is not None:
             progress(done, len(files), outcome)
     return outcomes
+
+
+def write_label_names(out: Path, labels: dict[str, str] | None) -> None:
+    """The label names beside the masks, so a viewer shows "liver", not "5":
+
+    - ``labels.json``: ``{"0": "background", "5": "liver", ...}`` (nnU-Net/MSD's form), read by
+      any tool and by ``evaluate --pred/--ref``;
+    - ``labels.txt``: ITK-SNAP's label description file (colours from a fixed palette), which
+      ITK-SNAP and 3D Slicer load beside a NIfTI mask.
+
+    A JSON beside the mask works for every format we write (NIfTI, NRRD, MHA, PNG, TIF) and
+    needs no format-specific fields; NRRD's segment metadata would cover one format only.
+    """
+    if not labels:
+        return
+    from ..io import atomic_write_json, atomic_write_text
+
+    atomic_write_json(out / "labels.json", {str(k): v for k, v in labels.items()})
+    lines = ["# ITK-SNAP Label Description File (written by unetpp)",
+             "# IDX  -R-  -G-  -B-  -A--  VIS MSH  LABEL"]
+    for k, name in sorted(labels.items(), key=lambda kv: int(kv[0])):
+        i = int(k)
+        r, g, b = (0, 0, 0) if i == 0 else _PALETTE[(i - 1) % len(_PALETTE)]
+        lines.append(f'{i:5d} {r:5d} {g:4d} {b:4d} {0 if i == 0 else 1:8.2f} {0 if i == 0 else 1:2d} '
+                     f'{0 if i == 0 else 1:2d}    "{name}"')
+    atomic_write_text(out / "labels.txt", "\n".join(lines) + "\n")
+
+
+_PALETTE = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255),
+            (255, 239, 213), (0, 0, 205), (205, 133, 63), (210, 180, 140), (102, 205, 170), (0, 0, 128)]
 
 
 def _on_grid(labels: np.ndarray, image: Any) -> np.ndarray:
