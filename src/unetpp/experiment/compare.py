@@ -127,8 +127,8 @@ def finish_run(cfg: CompareConfig, key: str, seed: int, run: Path, ds: Any, log:
     summary = summarise(main.name, main.level, scored[main])
     eval_seconds = time.perf_counter() - t0
     rows = metrics_rows(run)
-    scored = [r for r in rows if r.get("val_score") == r.get("val_score")]  # NaN: an epoch not validated
-    best = max(scored, key=lambda r: r["val_score"]) if scored else {}
+    validated = [r for r in rows if r.get("val_score") == r.get("val_score")]  # NaN: an epoch not validated
+    best = max(validated, key=lambda r: r["val_score"]) if validated else {}
     entry: dict[str, Any] = {
         "arch": key, "seed": seed, "run": str(run), "params": count_parameters(predictor.model),
         "filters": getattr(predictor.model.config, "base_filters", None),

@@ -288,8 +288,8 @@ def report_markdown(cfg: DemoConfig, state: dict[str, Any], run: Path, ds: Any, 
     rc = read_json(run / "config.json")
     model = rc.get("model", {})
     rows = metrics_rows(run)
-    scored = [r for r in rows if r.get("val_score") == r.get("val_score")]  # NaN: an epoch not validated
-    best = max(scored, key=lambda r: r["val_score"]) if scored else {}
+    validated = [r for r in rows if r.get("val_score") == r.get("val_score")]  # NaN: an epoch not validated
+    best = max(validated, key=lambda r: r["val_score"]) if validated else {}
     c = evaluation["chosen"]
     mode = "accurate" if c["mode"] == "accurate" else f"fast, level L{c['level']}"
     secs = state["seconds"]
