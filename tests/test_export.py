@@ -88,6 +88,10 @@ def test_onnx_export_matches_pytorch_and_predict_runs_it(tmp_path, capsys):
     session = onnx_session(onnx_file)
     meta = onnx_metadata(session)
     assert meta["mode"] == "accurate" and meta["output"] == "probabilities"
+    # a run's export carries what prediction needs without the run folder (test_deployed.py)
+    assert meta["format_version"] == "1" and meta["precision"] == "fp32" and "postprocess" not in meta
+    assert json.loads(meta["data"]) == json.loads(json.dumps(ds.data_config()))
+    assert json.loads(meta["patch_size"]) == [32, 32] and json.loads(meta["model"]) == model.config.to_dict()
     for shape in [(1, 1, 40, 56), (3, 1, 27, 33), (2, 1, 8, 8)]:
         x = torch.randn(shape)
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]

@@ -48,12 +48,17 @@ def progress_bar(what: str) -> Iterator[Callable[[int, int, str], None]]:
         yield update
 
 
-def _load(run: Path, device: str, batch_size: int = 4):
-    """A run folder, or a cross-validation folder (its folds as an ensemble)."""
+def _load(run: Path, device: str, batch_size: int = 4, model_file: bool = False):
+    """A run folder, or a cross-validation folder (its folds as an ensemble); with
+    ``model_file`` also an exported ``.onnx`` file (a deployed model, no run folder)."""
+    from ..inference.deployed import is_model_file
     from ..inference.ensemble import load
 
     if batch_size < 1:
         raise UnetppError(f"--batch-size must be >= 1, got {batch_size}")
+    if is_model_file(run) and not model_file:
+        raise UnetppError(f"{run}: a model file; this command takes a run folder (only 'predict' runs a "
+                          "model file)")
     return load(run, device=device, batch_size=batch_size)
 
 
@@ -190,7 +195,9 @@ def prune(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (from 
         f"wrote {run / 'prune.json'} and {run / 'prune.png'}")
 
 
-def predict(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (from 'unetpp train')."),
+def predict(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (from 'unetpp train'), "
+                                                                  "cross-validation folder, or MODEL.onnx "
+                                                                  "(from 'unetpp export': no run folder needed)."),
             inputs: list[str] = typer.Argument(..., metavar="INPUT...",
                                                help="Image files, folders or glob patterns."),
             out_dir: Path = typer.Option(..., "--out", help="Folder for the masks."),
@@ -214,17 +221,25 @@ def predict(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (fro
 
     A DICOM series folder (needs pip install 'unetpp[dicom]') gets a NIfTI mask in its world
     geometry, or with --format dicom-seg a DICOM-SEG. A failure on one input is reported (one
-    line naming it) and the others still complete; the exit status is then 1.
+    line naming it) and the others still complete; the exit status is then 1. RUN may be an
+    exported MODEL.onnx: it carries the run's preprocessing, patch and mode, and runs through
+    ONNX Runtime (fp32, int8 or fp16) with the same sliding window.
     """
+    from ..inference.deployed import is_model_file
     from ..inference.predict import MASK_FORMATS, predict_inputs
 
     if mask_format is not None and mask_format not in MASK_FORMATS:
         raise UnetppError(f"--format must be one of {', '.join(MASK_FORMATS)}, got {mask_format!r}")
-    predictor = _load(run, "cpu" if onnx is not None else device, batch_size)
+    deployed = is_model_file(run)
+    if deployed and onnx is not None:
+        raise UnetppError(f"--onnx {onnx}: RUN {run} is already a model file; give one of them")
+    predictor = _load(run, "cpu" if onnx is not None else device, batch_size, model_file=True)
     ok = {"n": 0}
 
     def started(total: int, settled) -> None:
         engine = f"ONNX Runtime ({onnx})" if onnx is not None else str(predictor.device)
+        if deployed:
+            engine = f"ONNX Runtime ({run}, {predictor.precision_name})"
         log(f"predict: {total} input(s), {settled or 'each run in its chosen mode, averaged'}"
             f"{', tta' if tta else ''}, on {engine}")
 
@@ -247,25 +262,50 @@ def export(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (from
            out_file: Path = typer.Option(..., "--out", metavar="FILE", help="File to write."),
            mode: Optional[str] = typer.Option(None, "--mode", help=MODE_HELP),
            level: Optional[int] = typer.Option(None, "--level", help=LEVEL_HELP),
-           opset: int = typer.Option(18, "--opset", help="ONNX opset (>= 17).")) -> None:
+           opset: int = typer.Option(18, "--opset", help="ONNX opset (>= 17)."),
+           quantize: Optional[str] = typer.Option(None, "--quantize", metavar="int8|fp16",
+                                                  help="ONNX only. int8: static quantization (QDQ, "
+                                                       "per-channel weights) calibrated on the run's "
+                                                       "validation cases; fp16: half-precision weights and "
+                                                       "activations. Scored against fp32 before writing."),
+           calibration: Optional[str] = typer.Option(None, "--calibration", metavar="DATA",
+                                                     help="Dataset to calibrate and score --quantize on "
+                                                          "(its validation cases). Default: the run's dataset."),
+           tolerance: Optional[float] = typer.Option(None, "--tolerance", metavar="POINTS",
+                                                     help="Refuse a --quantize model that loses more than this "
+                                                          "many IoU points (0-100 scale) against fp32. "
+                                                          "Default: 0.5.")) -> None:
     """Export one mode/level as ONNX or TorchScript: input (N, C, *S) normalised, output
     probabilities (N, K', *S); batch and spatial sizes dynamic. Checked against PyTorch
-    (max abs diff <= 1e-4) before the file is written."""
+    (max abs diff <= 1e-4) before the file is written. The file carries the run's
+    preprocessing, patch size and post-processing: 'unetpp predict MODEL.onnx INPUT' needs no
+    run folder."""
+    from ..inference.deployed import export_run
     from ..inference.export import FORMATS
-    from ..inference.export import export as run_export
+    from ..inference.quantize import QUANTIZE
 
     if fmt not in FORMATS:
         raise UnetppError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if quantize is not None and quantize not in QUANTIZE:
+        raise UnetppError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
+    if quantize is None and (calibration is not None or tolerance is not None):
+        raise UnetppError("--calibration and --tolerance go with --quantize")
     predictor = _load(run, "cpu")
     settled = predictor.resolve(mode, level)
-    log(f"export: {settled} as {fmt} ...")
+    log(f"export: {settled} as {fmt}{f' ({quantize})' if quantize else ''} ...")
     if hasattr(predictor, "members"):
         raise UnetppError(f"{run}: a cross-validation folder; export one fold's run folder (an ensemble "
                           "is not exported as one file)")
-    info = run_export(predictor.model, fmt, out_file, settled, opset=opset)
+    info = export_run(predictor, fmt, out_file, settled, opset=opset, quantize=quantize, calibration=calibration,
+                      tolerance=tolerance, progress=lambda msg: log(f"export: {msg}"))
     log(f"wrote {out_file} ({fmt}{', opset ' + str(opset) if fmt == 'onnx' else ''}, "
         f"{settled}, output probabilities; max abs diff vs PyTorch "
         f"{info['max_abs_diff']:.2e} on inputs {', '.join('x'.join(map(str, s)) for s in info['checked_shapes'])})")
+    record = info.get("quantization")
+    if record:
+        log(f"{quantize}: IoU {record[f'iou_{quantize}'] * 100:.2f} against fp32 {record['iou_fp32'] * 100:.2f} on "
+            f"{record['cases']} {record['split']} case(s) ({'loses' if record['loss_points'] > 0 else 'gains'} "
+            f"{abs(record['loss_points']):.2f} points; tolerance {record['tolerance']:g})")
 
 
 def register(app: typer.Typer) -> None:

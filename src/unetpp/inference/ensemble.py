@@ -142,12 +142,22 @@ def load(run: str | os.PathLike | Sequence[str | os.PathLike], device: str | tor
          weights: str = WEIGHTS, batch_size: int = 4, overlap: float = 0.5,
          amp: bool | None = None) -> Predictor | Ensemble:
     """A run folder -> :class:`Predictor`; a cross-validation folder or several run folders ->
-    :class:`Ensemble` (safetensors + JSON, no pickle, as :func:`.predictor.load`)."""
+    :class:`Ensemble` (safetensors + JSON, no pickle, as :func:`.predictor.load`); an exported
+    ``.onnx`` file -> :class:`~.deployed.DeployedPredictor` (no run folder needed)."""
+    from .deployed import is_model_file
+
     kwargs = dict(device=device, weights=weights, batch_size=batch_size, overlap=overlap, amp=amp)
     if isinstance(run, (list, tuple)):
         if len(run) == 1:
             return load(run[0], **kwargs)
+        files = [str(r) for r in run if is_model_file(r)]
+        if files:
+            raise RunError(f"{files[0]}: a model file; an ensemble is made of run folders")
         return Ensemble([load_run(r, **kwargs) for r in run])
+    if is_model_file(run):
+        from .deployed import load as load_deployed
+
+        return load_deployed(run, device=device, batch_size=batch_size, overlap=overlap)
     if is_cv_folder(run):
         return Ensemble([load_run(r, **kwargs) for r in fold_runs(Path(run))], folder=run)
     return load_run(run, **kwargs)

@@ -24,11 +24,18 @@ atomically. ONNX: opset 18 by default (>= 17 accepted), the torch.export-based e
 (``dynamo=True``) with a fallback to the TorchScript-based one if that fails. The file's
 metadata (ONNX ``metadata_props``; TorchScript extra file ``unetpp.json``) records mode,
 level, dims, channels, classes and the output kind, which ``unetpp predict --onnx`` reads.
+
+**A run's export** (:func:`unetpp.inference.deployed.export_run`, the ``export`` command)
+adds what prediction needs without the run folder (data config, patch size, post-processing;
+:mod:`.deployed`) and may quantize the file (:mod:`.quantize`). ONNX needs the ``export``
+extra (onnx, onnxruntime, onnxscript): every import of them is lazy and a missing one is
+one line (:func:`require`).
 """
 
 from __future__ import annotations
 
 import copy
+import importlib
 import io
 import json
 import os
@@ -51,6 +58,18 @@ FORMATS = ("onnx", "torchscript")
 MIN_OPSET = 17
 DEFAULT_OPSET = 18
 ATOL = 1e-4
+#: version of the ``unetpp.*`` metadata layout (1: with the deployment keys of :mod:`.deployed`)
+METADATA_VERSION = 1
+#: the one line a missing ``export`` extra gives (``{}``: the missing package)
+MISSING_EXTRA = "exporting/running ONNX needs {}: pip install 'unetpp[export]'"
+
+
+def require(name: str = "onnxruntime") -> Any:
+    """``import name`` (onnx, onnxruntime, ...), or :class:`UnetppError` saying which extra to install."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise UnetppError(MISSING_EXTRA.format(name.split(".")[0])) from None
 
 
 class ModeNetwork(nn.Module):
@@ -87,10 +106,11 @@ def metadata(model: nn.Module, mode: Mode, fmt: str) -> dict[str, str]:
             "level": "" if mode.level is None else str(mode.level), "dims": str(cfg.dims),
             "in_channels": str(cfg.in_channels), "classes": str(cfg.classes), "output": "probabilities",
             "input_layout": "(N, C, H, W)" if cfg.dims == 2 else "(N, C, D, H, W)",
-            "depth": str(cfg.depth)}
+            "depth": str(cfg.depth), "format_version": str(METADATA_VERSION)}
 
 
 def _onnx_bytes(wrapper: nn.Module, x: torch.Tensor, opset: int) -> bytes:
+    require("onnx")
     dims = x.dim() - 2
     names = ["batch"] + ["depth", "height", "width"][3 - dims:]
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
@@ -111,9 +131,9 @@ def _onnx_bytes(wrapper: nn.Module, x: torch.Tensor, opset: int) -> bytes:
         return Path(path).read_bytes()
 
 
-def _with_metadata(data: bytes, meta: dict[str, str]) -> bytes:
-    import onnx
-
+def with_metadata(data: bytes, meta: dict[str, str]) -> bytes:
+    """An ONNX file's bytes with its ``unetpp.*`` metadata replaced by ``meta``."""
+    onnx = require("onnx")
     proto = onnx.load_from_string(data)
     del proto.metadata_props[:]
     for k, v in meta.items():
@@ -122,14 +142,13 @@ def _with_metadata(data: bytes, meta: dict[str, str]) -> bytes:
     return proto.SerializeToString()
 
 
-def onnx_session(data: bytes | str | os.PathLike):
-    """An ONNX Runtime CPU session of a file (path) or bytes."""
-    import onnxruntime as ort
-
+def onnx_session(data: bytes | str | os.PathLike, providers: list[str] | None = None):
+    """An ONNX Runtime session (CPU unless ``providers`` says otherwise) of a file (path) or bytes."""
+    ort = require("onnxruntime")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     src = data if isinstance(data, bytes) else str(data)
-    return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(src, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
 
 
 def onnx_metadata(session: Any) -> dict[str, str]:
@@ -144,18 +163,33 @@ def _check_inputs(model: nn.Module, seed: int = 0) -> list[torch.Tensor]:
 
 
 def export(model: nn.Module, fmt: str, out: str | os.PathLike, mode: Mode | str = "accurate",
-           level: int | None = None, opset: int = DEFAULT_OPSET, atol: float = ATOL) -> dict[str, Any]:
+           level: int | None = None, opset: int = DEFAULT_OPSET, atol: float = ATOL,
+           extra: dict[str, str] | None = None) -> dict[str, Any]:
     """Export ``model`` in ``mode`` (a settled :class:`~unetpp.models.Mode`, or a mode name
     and ``level``) to ``out`` after checking it against PyTorch.
 
+    ``extra``: more ``unetpp.*`` metadata (a run's deployment keys, :mod:`.deployed`).
     Returns ``{"format", "path", "mode", "level", "opset", "max_abs_diff", "checked_shapes"}``.
     Raises :class:`UnetppError` (writing nothing) when the exported model differs by more
     than ``atol`` from PyTorch.
     """
+    data, info = export_bytes(model, fmt, out, mode, level, opset, atol, extra)
+    atomic_write_bytes(out, data)
+    return info
+
+
+def export_bytes(model: nn.Module, fmt: str, out: str | os.PathLike, mode: Mode | str = "accurate",
+                 level: int | None = None, opset: int = DEFAULT_OPSET, atol: float = ATOL,
+                 extra: dict[str, str] | None = None) -> tuple[bytes, dict[str, Any]]:
+    """:func:`export` without the writing: ``(the checked file's bytes, info)``; ``out`` only
+    names the file in messages and ``info``."""
     if fmt not in FORMATS:
         raise UnetppError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if fmt == "onnx" and opset < MIN_OPSET:
         raise UnetppError(f"--opset must be >= {MIN_OPSET}, got {opset}")
+    if fmt == "onnx":  # the export extra, before any work
+        require("onnx")
+        require("onnxruntime")
     if not isinstance(mode, Mode):
         mode = resolve_mode(tuple(model.levels), mode=mode, level=level)
     if next(model.parameters()).device.type != "cpu":  # export on the CPU, leave the caller's model
@@ -163,29 +197,29 @@ def export(model: nn.Module, fmt: str, out: str | os.PathLike, mode: Mode | str 
     was_training = model.training
     model.eval()
     try:
-        data, worst, checks = _export_checked(model, fmt, mode, opset)
+        data, worst, checks = _export_checked(model, fmt, mode, opset, extra)
     finally:
         model.train(was_training)
     if not np.isfinite(worst) or worst > atol:
         raise UnetppError(f"{out}: not written; the exported {fmt} model differs from PyTorch by "
                           f"{worst:.3g} (max abs, allowed {atol:g})")
-    atomic_write_bytes(out, data)
-    return {"format": fmt, "path": str(out), "mode": mode.name, "level": mode.level,
-            "opset": opset if fmt == "onnx" else None, "max_abs_diff": worst,
-            "checked_shapes": [list(c.shape) for c in checks], "output": "probabilities"}
+    return data, {"format": fmt, "path": str(out), "mode": mode.name, "level": mode.level,
+                  "opset": opset if fmt == "onnx" else None, "max_abs_diff": worst,
+                  "checked_shapes": [list(c.shape) for c in checks], "output": "probabilities"}
 
 
-def _export_checked(model: nn.Module, fmt: str, mode: Mode, opset: int) -> tuple[bytes, float, list[torch.Tensor]]:
+def _export_checked(model: nn.Module, fmt: str, mode: Mode, opset: int,
+                    extra: dict[str, str] | None = None) -> tuple[bytes, float, list[torch.Tensor]]:
     """The exported file's bytes and its max abs difference from PyTorch on the check inputs."""
     wrapper = ModeNetwork(model, mode).eval()
-    meta = metadata(model, mode, fmt)
+    meta = {**metadata(model, mode, fmt), **(extra or {})}
     x = torch.randn(example_shape(model))
     checks = _check_inputs(model)
     with torch.no_grad():
         refs = [wrapper(c) for c in checks]
     diffs: list[float] = []
     if fmt == "onnx":
-        data = _with_metadata(_onnx_bytes(wrapper, x, opset), meta)
+        data = with_metadata(_onnx_bytes(wrapper, x, opset), meta)
         session = onnx_session(data)
         name = session.get_inputs()[0].name
         for c, r in zip(checks, refs):
@@ -214,12 +248,13 @@ def _diff(got: np.ndarray, ref: np.ndarray) -> float:
 class OnnxNetwork:
     """An exported ONNX file as the engine's ``x -> {level: probabilities}`` network."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None):
         path = Path(path)
         if not path.is_file():
             raise UnetppError(f"{path}: file not found")
+        require("onnxruntime")
         try:
-            self.session = onnx_session(path)
+            self.session = onnx_session(path, providers)
         except Exception as e:  # noqa: BLE001 - any load failure is the file's fault
             raise UnetppError(f"{path}: not a valid ONNX file ({type(e).__name__})") from None
         self.meta = onnx_metadata(self.session)
@@ -241,12 +276,19 @@ class OnnxNetwork:
                           ("classes", predictor.classes)):
             if self.meta.get(key) != str(want):
                 problems.append(f"{self.path}: {key} {self.meta.get(key)} differs from the run's {want}")
+        problems += self.mode_problems(mode, level)
+        if problems:
+            raise UnetppError(problems)
+
+    def mode_problems(self, mode: str | Mode | None, level: int | None) -> list[str]:
+        """[] when ``--mode``/``--level`` (or a settled Mode) is what the file computes, else one line."""
+        if isinstance(mode, Mode):
+            mode, level = mode.name, mode.level
         what = "accurate mode" if self.mode.name == "accurate" else f"fast mode at level {self.level}"
         if (mode is not None and mode != self.mode.name) or (level is not None and level != self.level):
             asked = " ".join(f"{k} {v}" for k, v in (("--mode", mode), ("--level", level)) if v is not None)
-            problems.append(f"{asked}: {self.path} computes {what}; export another file for that")
-        if problems:
-            raise UnetppError(problems)
+            return [f"{asked}: {self.path} computes {what}; export another file for that"]
+        return []
 
     def levels(self) -> tuple[int, ...]:
         return (self.level if self.level is not None else 0,)
