@@ -356,7 +356,7 @@ def main() -> int:
     if args.compile:
         keys.append("unetpp-ds@compile")
     if q:
-        keys = ["monai", "unetpp-ds", "unetpp-ds@concat"]
+        keys = ["monai", "unetpp-ds", "unetpp-ds@concat", "unetpp-ds@amp"]
     tr2 = table("train2d", keys, lambda k: make_train_step(k, 2, b, s), reps,
                 slow={"unetpp-ds@bf16": 1 if q else 2})
     # ---------------------------------------------------------------- 2D inference
