@@ -101,35 +101,26 @@ def score_out_of_fold(runs: Path, ds: Any, splits: list[dict[str, list[str]]],
                       log: Callable[[str], None] = console_log) -> Path:
     """Predict each fold's validation cases with that fold's model (its chosen mode), on
     each case's own grid; write ``oof/``, ``cv.json`` and ``postprocess.json``."""
-    import torch
-
-    from ..data.io import to_input_grid
-    from ..inference.engine import probabilities_to_labels
-    from ..inference.evaluate import summarise
+    from ..inference.evaluate import score_modes, summarise
     from ..inference.postprocess import apply, choose, write_postprocess
     from ..inference.predictor import load
     from ..metrics import case_scores
 
     rows, pairs, per_fold = [], [], []
+    dtype = np.uint8 if ds.classes <= 255 else np.int16
+
+    def keep(name: str, mode: Any, labels: np.ndarray, reference: np.ndarray) -> None:
+        pairs.append((labels, reference))  # for the post-processing choice below
+        buf = io.BytesIO()
+        np.savez_compressed(buf, labels=labels.astype(dtype))
+        atomic_write_bytes(runs / "oof" / f"{name}.npz", buf.getvalue())
+
     for k, split in enumerate(splits):
         predictor = load(runs / f"fold_{k}")
         mode = predictor.resolve()
-        fold_rows = []
-        for name in split["val"]:
-            case = ds.load_case(name)
-            probs = predictor.predict_tensor(torch.as_tensor(case.image), mode)
-            native = tuple(case.meta["shape"]) != tuple(case.label.shape)
-            if native:
-                probs = torch.from_numpy(to_input_grid(probs, case.meta))
-            labels = probabilities_to_labels(probs, ds.classes).numpy()
-            reference = ds.native_label(name) if native else np.asarray(case.label)
-            scores = case_scores(labels, reference, ds.classes, spacing=case.meta.get("spacing"), surface=True,
-                                 ignore=ds.ignore_label)
-            fold_rows.append({"case": name, "fold": k, "dice": scores.pop("dice"), "iou": scores.pop("iou"), **scores})
-            pairs.append((labels, reference))
-            buf = io.BytesIO()
-            np.savez_compressed(buf, labels=labels.astype(np.uint8 if ds.classes <= 255 else np.int16))
-            atomic_write_bytes(runs / "oof" / f"{name}.npz", buf.getvalue())
+        scored = score_modes(predictor, ds, split["val"], [mode], native=True, surface=True, on_case=keep)
+        fold_rows = [{"case": r["case"], "fold": k, **{key: v for key, v in r.items() if key != "case"}}
+                     for r in scored[mode]]
         rows += fold_rows
         per_fold.append({"fold": k, "mode": str(mode), **{key: v for key, v in summarise(
             mode.name, mode.level, fold_rows).items() if key not in ("cases", "mode", "level")}})

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import DataError
@@ -75,7 +76,9 @@ def check_compatible(ds: Any, predictor: Any) -> None:
 
 def score_modes(predictor: Any, ds: Any, names: Sequence[str], modes: Sequence[Mode | tuple[str, int | None]],
                 tta: bool = False, progress: Progress | None = None, native: bool = False, surface: bool = False,
-                empty: str = "one", tolerance: float | None = None) -> dict[Mode, list[dict[str, Any]]]:
+                empty: str = "one", tolerance: float | None = None,
+                on_case: Callable[[str, Mode, np.ndarray, np.ndarray], None] | None = None
+                ) -> dict[Mode, list[dict[str, Any]]]:
     """Per-case scores of several modes at once (:class:`~unetpp.models.Mode`, or
     ``(mode, level)`` tuples, which compare equal to them and key the result alike).
 
@@ -86,7 +89,8 @@ def score_modes(predictor: Any, ds: Any, names: Sequence[str], modes: Sequence[M
     ``native``: score on each case's own grid (probabilities resampled to it, then the
     argmax, against the label as stored), at its own spacing; otherwise on the network's
     grid. ``surface``: add HD95 and NSD (mm); ``empty``/``tolerance``: see
-    :func:`unetpp.metrics.case_scores`.
+    :func:`unetpp.metrics.case_scores`. ``on_case(name, mode, labels, reference)`` sees each
+    predicted mask and its reference, as scored (cross-validation keeps them).
     """
     from ..data.io import to_input_grid
 
@@ -101,17 +105,21 @@ def score_modes(predictor: Any, ds: Any, names: Sequence[str], modes: Sequence[M
             raise DataError(f"{getattr(ds, 'root', 'dataset')}: case {name} has no label to score against")
         image = torch.as_tensor(case.image, dtype=torch.float32)
         probs = predictor.level_probabilities(image, needed, tta=tta) if needed else {}
+        # on the case's own grid when that differs from the network's; otherwise the network's
+        # grid is the case's (same voxels, in the canonical order, at the grid spacing)
         resampled = native and tuple(case.meta["shape"]) != tuple(case.label.shape)
-        reference = ds.native_label(name) if resampled else case.label
-        spacing = case.meta.get("spacing") if native else case.meta.get("grid_spacing", case.meta.get("spacing"))
+        reference = ds.native_label(name) if resampled else np.asarray(case.label)
+        spacing = case.meta.get("spacing") if resampled else case.meta.get("grid_spacing", case.meta.get("spacing"))
         for mode in modes:
             p = combine_heads({lv: probs[lv] for lv in reads[mode]}, mode) if mode is not None else \
                 predictor.predict_tensor(image, None, tta=tta)
             if resampled:
                 p = torch.from_numpy(to_input_grid(p, case.meta))
-            labels = probabilities_to_labels(p, classes)
+            labels = probabilities_to_labels(p, classes).numpy()
             if native and getattr(predictor, "postprocess", None):  # chosen on native out-of-fold masks
-                labels = apply_postprocess(labels.numpy(), predictor.postprocess)
+                labels = apply_postprocess(labels, predictor.postprocess)
+            if on_case is not None:
+                on_case(name, mode, labels, reference)
             extra = dict(spacing=spacing, surface=True, empty=empty, tolerance=tolerance) if surface else {}
             scores = case_scores(labels, reference, classes, ignore=getattr(ds, "ignore_label", None), **extra)
             results[mode].append({"case": name, "dice": scores.pop("dice"), "iou": scores.pop("iou"), **scores})
