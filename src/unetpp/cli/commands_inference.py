@@ -98,8 +98,13 @@ def evaluate(run: Optional[Path] = typer.Argument(None, metavar="RUN", help="Run
     every mask in DIR against the reference of the same case name.
     """
     from ..inference.evaluate import evaluate as run_evaluation
-    from ..inference.evaluate import output_paths, write_evaluation
+    from ..inference.evaluate import json_ready, output_paths, write_evaluation
+    from ..metrics import EMPTY_MODES
 
+    if empty is not None and empty not in EMPTY_MODES:
+        raise UnetppError(f"--empty must be one of {', '.join(EMPTY_MODES)}, got {empty!r}")
+    if nsd_tolerance is not None and not nsd_tolerance >= 0:
+        raise UnetppError(f"--nsd-tolerance must be a number of mm >= 0, got {nsd_tolerance}")
     folders = pred is not None or ref is not None
     if folders and (run is not None or data is not None):
         raise UnetppError("evaluate: give either RUN DATA or --pred DIR --ref DIR, not both")
@@ -112,14 +117,8 @@ def evaluate(run: Optional[Path] = typer.Argument(None, metavar="RUN", help="Run
     if folders:
         if mode is not None or level is not None or tta:
             raise UnetppError("evaluate: --mode, --level and --tta apply to RUN DATA, not to --pred/--ref")
-        from ..inference.evaluate import json_ready
         from ..inference.folders import score_folders, write_folder_scores
-        from ..metrics import EMPTY_MODES
 
-        if empty is not None and empty not in EMPTY_MODES:
-            raise UnetppError(f"--empty must be one of {', '.join(EMPTY_MODES)}, got {empty!r}")
-        if nsd_tolerance is not None and not nsd_tolerance >= 0:
-            raise UnetppError(f"--nsd-tolerance must be a number of mm >= 0, got {nsd_tolerance}")
         json_path, csv_path = output_paths(pred, json_file)
         with progress_bar("evaluate") as update:
             result = score_folders(pred, ref, empty=empty or "one", tolerance=nsd_tolerance, progress=update)
@@ -131,11 +130,6 @@ def evaluate(run: Optional[Path] = typer.Argument(None, metavar="RUN", help="Run
             f"nsd {result['nsd']:.4f}{per_class} over {len(result['cases'])} case(s)")
         log(f"wrote {', '.join(str(p) for p in (json_path, csv_path) if p is not None)}")
         return
-    from ..inference.evaluate import json_ready
-    from ..metrics import EMPTY_MODES
-
-    if empty is not None and empty not in EMPTY_MODES:
-        raise UnetppError(f"--empty must be one of {', '.join(EMPTY_MODES)}, got {empty!r}")
     predictor = _load(run, device, batch_size)
     settled = predictor.resolve(mode, level)
     ds = _open(data)
