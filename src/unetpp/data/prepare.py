@@ -171,12 +171,15 @@ def fingerprint_case(case: CaseFiles, labels: dict[int, str], folder: str) -> di
 
 
 def preprocess_case(case: CaseFiles, labels: dict[int, str], data_config: dict[str, Any], image_dtype: str,
-                    digest: str, folder: str) -> dict[str, Any]:
-    """Read, resample, normalise and store one case; ``{"name", "problems"}``."""
+                    digest: str, folder: str, sources: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Read, resample, normalise and store one case; ``{"name", "problems"}``. ``sources``:
+    the case's files as its fingerprint recorded them (hashed), so they are not read again."""
     from .dataset import prepare
 
     try:
-        sources = with_hashes(stat_sources(case))
+        now = stat_sources(case)
+        # the hashes of files found unchanged (by sources_unchanged) carry over with today's stat
+        sources = [dict(n, sha256=o["sha256"]) for n, o in zip(now, sources)] if sources else with_hashes(now)
         image, label, meta = read_case(case, labels)
         image, label, meta = prepare(image, label, meta, data_config)
     except DataError as e:
@@ -302,11 +305,12 @@ def _prepare_locked(sc: Scan, labels: dict[int, str], problems: list[str], folde
         cases = {n: c for n, c in cases.items() if n not in failed}
     if problems:
         raise DataError(problems)
-    fingerprints = {}
+    fingerprints, hashed = {}, {}
     for name in cases:
         stored = _read_marker(folder / "fingerprints" / f"{name}.json")
         if stored is None:
             raise DataError(f"{folder}/fingerprints/{name}.json: unreadable; run 'unetpp data prepare' again")
+        hashed[name] = stored["sources"]  # checked unchanged above: its hashes serve step 3 too
         fp = dict(stored["fingerprint"])
         fg = np.load(folder / "fingerprints" / f"{name}.fg.npy", allow_pickle=False)
         fp["foreground"] = list(fg) if fg.size else [np.zeros(0, np.float32)] * fp["channels"]
@@ -330,8 +334,8 @@ def _prepare_locked(sc: Scan, labels: dict[int, str], problems: list[str], folde
             todo.append(case)
     if todo:
         log(f"{sc.root}: preparing {len(todo)} of {len(cases)} case(s) into {folder}")
-        results = run_tasks(preprocess_case, [(c, labels, data_config, image_dtype, digest, str(folder))
-                                              for c in todo], workers, progress)
+        results = run_tasks(preprocess_case, [(c, labels, data_config, image_dtype, digest, str(folder),
+                                               hashed[c.name]) for c in todo], workers, progress)
         if any(r["problems"] for r in results):
             raise DataError(_in_case_order(results, sc))
     entries = {}
