@@ -276,6 +276,20 @@ def normalise_keys(data: Any, source: str) -> dict[str, Any]:
     return out
 
 
+def as_config(config: TrainConfig | dict[str, Any] | None, overrides: dict[str, Any]) -> TrainConfig:
+    """``train()``'s arguments as one config: a TrainConfig or a dict of its fields (or None:
+    the defaults), with ``overrides`` (field names, ``-`` or ``_``) replacing its fields."""
+    if config is None:
+        config = TrainConfig()
+    elif isinstance(config, dict):
+        config = TrainConfig.from_dict(config)
+    elif not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig or a dict, got {type(config).__name__}")
+    if overrides:
+        config = config.replace(**normalise_keys(overrides, "train()"))
+    return config
+
+
 def parse_patch_size(value: Any, source: str = "--patch-size") -> list[int]:
     """``96``, ``"96"``, ``"96,96"`` or ``[96, 96]`` -> list of ints."""
     if isinstance(value, bool):

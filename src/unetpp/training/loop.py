@@ -44,7 +44,7 @@ from ..models import ModelConfig, build_model
 from ..run import WEIGHTS, check_model_size, make_run_config, read_run_config, save_weights, write_run_config
 from . import distributed
 from .checkpoint import has_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import TrainConfig, merge_for_resume, normalise_keys, settle
+from .config import TrainConfig, as_config, merge_for_resume, settle
 from .loss import DeepSupervisionLoss
 from .records import Records
 from .runlock import LOCK, hold_run
@@ -71,7 +71,7 @@ def train(config: TrainConfig | dict[str, Any] | None = None, **overrides: Any) 
         >>> run = train(data="nuclei-2d", out="runs/a", resume=True)               # doctest: +SKIP
         >>> run = train(data="nuclei-2d", out="runs/a", resume="auto")  # resume or start  # doctest: +SKIP
     """
-    cfg = _as_config(config, overrides)
+    cfg = as_config(config, overrides)
     run = Path(cfg.out) if cfg.out else Path()
     info = distributed.from_env()
     with hold_run(run, enabled=bool(cfg.out) and info.main):  # one process per run folder
@@ -83,18 +83,6 @@ def train(config: TrainConfig | dict[str, Any] | None = None, **overrides: Any) 
             return _train(cfg, run, ds, saved, device, info)
         finally:
             distributed.teardown(info)
-
-
-def _as_config(config: TrainConfig | dict[str, Any] | None, overrides: dict[str, Any]) -> TrainConfig:
-    if config is None:
-        config = TrainConfig()
-    elif isinstance(config, dict):
-        config = TrainConfig.from_dict(config)
-    elif not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig or a dict, got {type(config).__name__}")
-    if overrides:
-        config = config.replace(**normalise_keys(overrides, "train()"))
-    return config
 
 
 def _start_or_resume(cfg: TrainConfig, run: Path) -> tuple[TrainConfig, dict[str, Any] | None]:
