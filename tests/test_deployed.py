@@ -12,7 +12,6 @@ import torch
 
 import unetpp
 from unetpp import create_model
-from unetpp.cli import main
 from unetpp.data import open_dataset
 from unetpp.data.synthetic import write_synthetic_dataset
 from unetpp.errors import UnetppError
@@ -21,6 +20,7 @@ from unetpp.inference.export import MISSING_EXTRA, export, onnx_metadata, onnx_s
 from unetpp.inference.postprocess import write_postprocess
 from unetpp.inference.predict import predict_inputs
 from unetpp.run import make_run_config, save_weights, write_run_config
+from helpers import cli
 
 
 def make_run(path, ds, dims=2, depth=3, patch=(32,)):
@@ -33,16 +33,6 @@ def make_run(path, ds, dims=2, depth=3, patch=(32,)):
                                            split={"train": names[:-2], "val": names[-2:]}))
     save_weights(path / "model.safetensors", model)
     return path
-
-
-def cli(argv, capsys):
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

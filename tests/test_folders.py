@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from unetpp.cli import main
 from unetpp.data.formats import write_file
 from unetpp.errors import DataError
 from unetpp.inference.folders import score_folders
+from helpers import cli
 
 SPACING = [3.0, 1.0, 1.0]  # array order (Z, Y, X): 3 mm slices
 SHAPE = (10, 16, 16)
@@ -25,16 +25,6 @@ def cube(z0=2, z1=6, value=1):
 def write(folder, name, array, spacing=SPACING, meta=None):
     folder.mkdir(parents=True, exist_ok=True)
     return write_file(folder / name, array, meta or {"spacing": list(spacing)})
-
-
-def cli(argv, capsys):
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import torch
 
 import unetpp
 from unetpp import create_model
-from unetpp.cli import main
 from unetpp.data import open_dataset
 from unetpp.data.synthetic import write_synthetic_dataset
 from unetpp.errors import RunError, UnetppError
@@ -19,6 +18,7 @@ from unetpp.inference.evaluate import select_cases
 from unetpp.inference.predict import predict_inputs
 from unetpp.io import atomic_write_json
 from unetpp.run import make_run_config, save_weights, write_run_config
+from helpers import cli
 
 
 def make_run(path, ds, dims=2, depth=3, split=None, train=None, **kw):
@@ -42,16 +42,6 @@ def run2d(tmp_path_factory, ds2d):
     names = ds2d.case_names
     return make_run(tmp_path_factory.mktemp("r2") / "run", ds2d,
                     split={"train": names[:2], "val": names[2:]})
-
-
-def cli(argv, capsys):
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_fast_is_pruned_network_and_accurate_is_mean_of_heads(run2d, ds2d):

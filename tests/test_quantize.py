@@ -10,23 +10,13 @@ import pytest
 import torch
 
 import unetpp
-from unetpp.cli import main
 from unetpp.data import open_dataset
 from unetpp.data.synthetic import write_synthetic_dataset
 from unetpp.errors import UnetppError
 from unetpp.inference.deployed import export_run
 from unetpp.inference.export import onnx_metadata, onnx_session
 from unetpp.inference.quantize import after_probabilities, calibration_patches, int8_instructions
-
-
-def cli(argv, capsys):
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from helpers import cli
 
 
 @pytest.fixture(scope="module")
