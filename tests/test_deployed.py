@@ -149,7 +149,9 @@ def test_deployed_refusals_are_one_line(png, tmp_path, capsys):
                                "unetpp metadata: data.channels is 3, the model's is 1"),
              "bad-patch.onnx": (with_metadata(data, {**meta, "patch_size": "[0]"}), "unetpp metadata: patch_size"),
              "version.onnx": (with_metadata(data, {**meta, "format_version": "9"}), "metadata version 9"),
-             "bad-mode.onnx": (with_metadata(data, {**meta, "mode": "fast", "level": "x"}), "invalid unetpp mode")}
+             "bad-mode.onnx": (with_metadata(data, {**meta, "mode": "fast", "level": "x"}), "invalid unetpp mode"),
+             "bad-window.onnx": (with_metadata(data, {**meta, "window": json.dumps({"policy": "huge"})}),
+                                 "unetpp metadata: window: window must be one of patch, large")}
     for name, (content, message) in cases.items():
         path = tmp_path / name
         path.write_bytes(content)

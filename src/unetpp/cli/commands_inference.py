@@ -20,6 +20,8 @@ from ..models.mode import Mode
 from .common import interactive, log, out
 
 MODE_HELP = "accurate (mean of every head) or fast (one head, --level). Default: prune.json's choice."
+WINDOW_HELP = ("patch (the training patch, overlapping: nnU-Net's tiling) or large (the whole image, "
+               "or as few windows as memory allows). Default: prune.json's choice, else patch.")
 LEVEL_HELP = "Level L of fast mode (the pruned network UNet++ L<L>). Default: prune.json's choice."
 DEVICE_HELP = "auto, cpu, cuda or mps."
 
@@ -48,18 +50,22 @@ def progress_bar(what: str) -> Iterator[Callable[[int, int, str], None]]:
         yield update
 
 
-def _load(run: Path, device: str, batch_size: int = 4, model_file: bool = False):
+def _load(run: Path, device: str, batch_size: int = 4, model_file: bool = False, window: str | None = None):
     """A run folder, or a cross-validation folder (its folds as an ensemble); with
     ``model_file`` also an exported ``.onnx`` file (a deployed model, no run folder)."""
     from ..inference.deployed import is_model_file
     from ..inference.ensemble import load
 
+    from ..inference.window import WINDOWS
+
     if batch_size < 1:
         raise UnetppError(f"--batch-size must be >= 1, got {batch_size}")
+    if window is not None and window not in WINDOWS:
+        raise UnetppError(f"--window must be one of {', '.join(WINDOWS)}, got {window!r}")
     if is_model_file(run) and not model_file:
         raise UnetppError(f"{run}: a model file; this command takes a run folder (only 'predict' runs a "
                           "model file)")
-    return load(run, device=device, batch_size=batch_size)
+    return load(run, device=device, batch_size=batch_size, window=window)
 
 
 def _open(data: str):
@@ -88,6 +94,7 @@ def evaluate(run: Optional[Path] = typer.Argument(None, metavar="RUN", help="Run
                                                            help="Surface Dice tolerance in mm. "
                                                                 "Default: one voxel along the coarsest axis."),
              tta: bool = typer.Option(False, "--tta", help="Average over mirrored inputs."),
+             window: Optional[str] = typer.Option(None, "--window", metavar="patch|large", help=WINDOW_HELP),
              batch_size: int = typer.Option(4, "--batch-size", help="Windows/slices per forward pass."),
              device: str = typer.Option("auto", "--device", help=DEVICE_HELP)) -> None:
     """Per-case Dice and IoU of RUN on DATA's test cases (else validation, else all), or of --pred masks vs --ref.
@@ -115,8 +122,8 @@ def evaluate(run: Optional[Path] = typer.Argument(None, metavar="RUN", help="Run
         raise UnetppError("evaluate: give RUN DATA (a run on a dataset) or --pred DIR --ref DIR "
                           "(two mask folders)")
     if folders:
-        if mode is not None or level is not None or tta:
-            raise UnetppError("evaluate: --mode, --level and --tta apply to RUN DATA, not to --pred/--ref")
+        if mode is not None or level is not None or tta or window is not None:
+            raise UnetppError("evaluate: --mode, --level, --tta and --window apply to RUN DATA, not to --pred/--ref")
         from ..inference.folders import score_folders, write_folder_scores
 
         json_path, csv_path = output_paths(pred, json_file)
@@ -130,7 +137,7 @@ def evaluate(run: Optional[Path] = typer.Argument(None, metavar="RUN", help="Run
             f"nsd {result['nsd']:.4f}{per_class} over {len(result['cases'])} case(s)")
         log(f"wrote {', '.join(str(p) for p in (json_path, csv_path) if p is not None)}")
         return
-    predictor = _load(run, device, batch_size)
+    predictor = _load(run, device, batch_size, window=window)
     settled = predictor.resolve(mode, level)
     ds = _open(data)
     json_path, csv_path = output_paths(run, json_file)
@@ -187,6 +194,10 @@ def prune(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (from 
     out.print(table)
     log(f"chosen: {Mode.from_json(chosen)} (within {tolerance} IoU points of the best); "
         f"wrote {run / 'prune.json'} and {run / 'prune.png'}")
+    w = result["window"]
+    why = ("no validation case is larger than the patch" if not w["cases_larger"] else
+           f"IoU {w['large']['iou'] * 100:.2f} against {w['patch']['iou'] * 100:.2f} with patch windows")
+    log(f"window: {w['chosen']} ({why}; {w['large']['ms']:.0f} against {w['patch']['ms']:.0f} ms on {w['case']})")
 
 
 def predict(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (from 'unetpp train'), "
@@ -204,6 +215,7 @@ def predict(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (fro
             onnx: Optional[Path] = typer.Option(None, "--onnx", metavar="FILE",
                                                 help="Run this file from 'unetpp export --format onnx' "
                                                      "through ONNX Runtime instead of PyTorch."),
+            window: Optional[str] = typer.Option(None, "--window", metavar="patch|large", help=WINDOW_HELP),
             batch_size: int = typer.Option(4, "--batch-size", help="Windows/slices per forward pass."),
             device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
             mask_format: Optional[str] = typer.Option(None, "--format", metavar="nifti|dicom-seg",
@@ -227,7 +239,7 @@ def predict(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (fro
     deployed = is_model_file(run)
     if deployed and onnx is not None:
         raise UnetppError(f"--onnx {onnx}: RUN {run} is already a model file; give one of them")
-    predictor = _load(run, "cpu" if onnx is not None else device, batch_size, model_file=True)
+    predictor = _load(run, "cpu" if onnx is not None else device, batch_size, model_file=True, window=window)
     ok = {"n": 0}
 
     def started(total: int, settled) -> None:
@@ -235,7 +247,7 @@ def predict(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (fro
         if deployed:
             engine = f"ONNX Runtime ({run}, {predictor.precision_name})"
         log(f"predict: {total} input(s), {settled or 'each run in its chosen mode, averaged'}"
-            f"{', tta' if tta else ''}, on {engine}")
+            f"{', tta' if tta else ''}, {predictor.window.policy} windows, on {engine}")
 
     with progress_bar("predict") as update:
         def step(done: int, total: int, outcome) -> None:

@@ -16,6 +16,9 @@ key                    value
 ``data``               the run's data config (JSON): channels, labels, normalisation with
                        its statistics, target spacing (what ``read_input`` needs)
 ``patch_size``         the training patch (JSON list): the sliding window
+``window``             the window policy (JSON): ``{"policy": "patch" | "large",
+                       "multiple": [...], "filters": F}``, the run's (what prune chose);
+                       absent: patch windows (:mod:`.window`)
 ``postprocess``        the run's ``postprocess.json`` (JSON), when it has one
 ``precision``          ``fp32``, ``int8`` or ``fp16``
 ``quantization``       int8/fp16 only (JSON): method, calibration, the measured IoUs
@@ -49,6 +52,7 @@ from ..io import atomic_write_bytes
 from ..models.mode import Mode
 from .export import DEFAULT_OPSET, METADATA_VERSION, OnnxNetwork, export, export_bytes, require, with_metadata
 from .predictor import Predictor
+from .window import Window
 
 #: the suffix ``unetpp.load`` and ``unetpp predict`` take for a model file
 MODEL_SUFFIXES = (".onnx",)
@@ -63,7 +67,9 @@ def is_model_file(path: Any) -> bool:
 def deployment_metadata(predictor: Any) -> dict[str, str]:
     """The ``unetpp.*`` keys a run adds to its exported file (see the module doc)."""
     meta = {"model": json.dumps(predictor.model.config.to_dict()), "data": json.dumps(predictor.data_config),
-            "patch_size": json.dumps(list(predictor.patch_size)), "precision": "fp32"}
+            "patch_size": json.dumps(list(predictor.patch_size)), "precision": "fp32",
+            "window": json.dumps({"policy": predictor.window.policy, "multiple": list(predictor.window.multiple),
+                                  "filters": predictor.window.filters})}
     if getattr(predictor, "postprocess", None):
         meta["postprocess"] = json.dumps(predictor.postprocess)
     return meta
@@ -169,7 +175,7 @@ class DeployedPredictor(Predictor):
     """
 
     def __init__(self, path: str | os.PathLike, device: str | torch.device | None = "cpu", batch_size: int = 4,
-                 overlap: float = 0.5):
+                 overlap: float = 0.5, window: str | None = None):
         path = Path(path)
         self.network_file = OnnxNetwork(path, providers=_providers(device))
         meta = self.network_file.meta
@@ -193,6 +199,15 @@ class DeployedPredictor(Predictor):
             problems.append(f"patch_size must be {dims} integers in 1..{MAX_PATCH}, got {patch!r}"[:200])
         if dims not in (2, 3) or not 1 <= in_channels <= 256 or not 1 <= classes <= 256:
             problems.append(f"dims {dims}, in_channels {in_channels}, classes {classes} out of range")
+        stored_window = _json(meta, "window", path, required=False) or {"policy": "patch"}
+        try:
+            self.window = Window(window or stored_window["policy"], tuple(patch), float(overlap),
+                                 multiple=tuple(int(m) for m in stored_window.get("multiple") or [1] * dims),
+                                 filters=int(stored_window.get("filters", 32)))
+            if len(self.window.multiple) != dims or min(self.window.multiple) < 1 or self.window.filters < 1:
+                raise ValueError(f"multiple {list(self.window.multiple)}, filters {self.window.filters}")
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            problems.append(f"window: {e}"[:200])
         if problems:
             raise RunError([f"{path}: unetpp metadata: {p}" for p in problems])
         self.path = path
@@ -242,7 +257,7 @@ class DeployedPredictor(Predictor):
 
     def __repr__(self) -> str:
         return (f"DeployedPredictor(path={str(self.path)!r}, dims={self.dims}, mode={str(self.mode)!r}, "
-                f"precision={self.precision_name!r}, providers={self.network_file.session.get_providers()})")
+                f"precision={self.precision_name!r}, window={self.window.policy!r}, providers={self.network_file.session.get_providers()})")
 
 
 def _providers(device: str | torch.device | None) -> list[str]:
@@ -260,11 +275,11 @@ def _providers(device: str | torch.device | None) -> list[str]:
 
 
 def load(path: str | os.PathLike, device: str | torch.device | None = "cpu", batch_size: int = 4,
-         overlap: float = 0.5) -> DeployedPredictor:
+         overlap: float = 0.5, window: str | None = None) -> DeployedPredictor:
     """An exported ONNX file as a :class:`DeployedPredictor` (``unetpp.load("model.onnx")``)."""
     if batch_size < 1:
         raise UnetppError(f"--batch-size must be >= 1, got {batch_size}")
-    return DeployedPredictor(path, device=device, batch_size=batch_size, overlap=overlap)
+    return DeployedPredictor(path, device=device, batch_size=batch_size, overlap=overlap, window=window)
 
 
 __all__ = ["DeployedPredictor", "MODEL_SUFFIXES", "deployment_metadata", "export_run", "is_model_file", "load",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from itertools import combinations
 
 import torch
@@ -29,6 +30,8 @@ from torch import nn
 
 from ..models.mode import MODES, Mode, combine_heads, resolve_mode
 from ..runtime import inference_context
+from .window import Window
+
 #: "out of GPU memory: batch size halved" goes here (stderr when nothing is configured)
 _LOG = logging.getLogger("unetpp.inference")
 
@@ -123,13 +126,16 @@ def predict_with(network: Callable[[torch.Tensor], dict[int, torch.Tensor]], ima
                  dims: int, in_channels: int, levels: Sequence[int],
                  patch_size: Sequence[int] | None = None, overlap: float = 0.5, batch_size: int = 4,
                  tta: bool = False, device: str | torch.device = "cpu",
-                 progress: Callable[[int, int], None] | None = None) -> dict[int, torch.Tensor]:
+                 progress: Callable[[int, int], None] | None = None,
+                 window: Window | None = None) -> dict[int, torch.Tensor]:
     """The sliding window, slicing and TTA of :func:`predict_probabilities` around any network.
 
     ``network(x)`` maps a float32 batch ``(N, C, *patch)`` on ``device`` to
     ``{level: probabilities (N, K', *patch)}``: a PyTorch model (see
     :func:`predict_probabilities`) or an exported one (ONNX Runtime, TorchScript).
     ``progress(done, total)`` is called after each batch of slices (2D model on a volume).
+    ``window`` (:class:`~unetpp.inference.window.Window`): how to tile each image; default
+    the patch policy with ``patch_size`` and ``overlap``.
     """
     if not isinstance(image, torch.Tensor):
         image = torch.as_tensor(image)
@@ -142,6 +148,10 @@ def predict_with(network: Callable[[torch.Tensor], dict[int, torch.Tensor]], ima
                          f"{image.shape[0]} (shape {tuple(image.shape)})")
     levels = tuple(levels)
     device = torch.device(device)
+    if window is None and patch_size is not None:
+        window = Window("patch", tuple(int(p) for p in patch_size), overlap)
+    # large windows run one per pass: the window itself is already as large as memory allows
+    windows_per_pass = batch_size if window is None or window.policy == "patch" else 1
     mirror = _mirror_axes(dims) if tta else [()]
 
     def predictor(x: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -164,22 +174,28 @@ def predict_with(network: Callable[[torch.Tensor], dict[int, torch.Tensor]], ima
         step = batch_size if slice_by_slice else 1
         x = batch[start:start + step].to(device, torch.float32)
         try:
-            if patch_size is None or all(s <= p for s, p in zip(spatial, patch_size)):
+            roi, overlaps = window.plan(spatial) if window is not None else (spatial, ())
+            if all(s <= r for s, r in zip(spatial, roi)):
                 out = predictor(x)
             else:
-                roi = tuple(min(p, s) for p, s in zip(patch_size, spatial))
                 from monai.inferers import sliding_window_inference  # lazy: MONAI costs seconds at start-up
 
-                out = sliding_window_inference(x, roi, batch_size, predictor, overlap=overlap,
+                out = sliding_window_inference(x, roi, windows_per_pass, predictor, overlap=overlaps,
                                                mode="gaussian", sw_device=device, device="cpu")
         except torch.cuda.OutOfMemoryError:
-            # out of GPU memory: halve the windows/slices per pass and redo this chunk
-            if batch_size <= 1:
-                raise
+            # out of GPU memory: large windows fall back to patch windows; then the
+            # windows/slices per pass are halved; the chunk is redone
             del x
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            batch_size = max(1, batch_size // 2)
+            if window is not None and window.policy == "large":
+                window = replace(window, policy="patch")
+                windows_per_pass = batch_size
+                _LOG.warning("out of GPU memory with large windows: patch windows used instead")
+                continue
+            if batch_size <= 1:
+                raise
+            batch_size = windows_per_pass = max(1, batch_size // 2)
             _LOG.warning(f"out of GPU memory: batch size halved to {batch_size} and retried")
             continue
         chunks.append({lv: p.float().cpu() for lv, p in out.items()})

@@ -75,6 +75,7 @@ class Ensemble:
     dims = property(lambda self: self.members[0].dims)
     data_config = property(lambda self: self.members[0].data_config)
     patch_size = property(lambda self: self.members[0].patch_size)
+    window = property(lambda self: self.members[0].window)
     model = property(lambda self: self.members[0].model)
 
     def resolve(self, mode: str | Mode | None = None, level: int | None = None) -> Mode | None:
@@ -140,13 +141,13 @@ class Ensemble:
 
 def load(run: str | os.PathLike | Sequence[str | os.PathLike], device: str | torch.device | None = "cpu",
          weights: str = WEIGHTS, batch_size: int = 4, overlap: float = 0.5,
-         amp: bool | None = None) -> Predictor | Ensemble:
+         amp: bool | None = None, window: str | None = None) -> Predictor | Ensemble:
     """A run folder -> :class:`Predictor`; a cross-validation folder or several run folders ->
     :class:`Ensemble` (safetensors + JSON, no pickle, as :func:`.predictor.load`); an exported
     ``.onnx`` file -> :class:`~.deployed.DeployedPredictor` (no run folder needed)."""
     from .deployed import is_model_file
 
-    kwargs = dict(device=device, weights=weights, batch_size=batch_size, overlap=overlap, amp=amp)
+    kwargs = dict(device=device, weights=weights, batch_size=batch_size, overlap=overlap, amp=amp, window=window)
     if isinstance(run, (list, tuple)):
         if len(run) == 1:
             return load(run[0], **kwargs)
@@ -157,7 +158,7 @@ def load(run: str | os.PathLike | Sequence[str | os.PathLike], device: str | tor
     if is_model_file(run):
         from .deployed import load as load_deployed
 
-        return load_deployed(run, device=device, batch_size=batch_size, overlap=overlap)
+        return load_deployed(run, device=device, batch_size=batch_size, overlap=overlap, window=window)
     if is_cv_folder(run):
         return Ensemble([load_run(r, **kwargs) for r in fold_runs(Path(run))], folder=run)
     return load_run(run, **kwargs)

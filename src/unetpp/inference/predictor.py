@@ -57,6 +57,7 @@ from ..run import PRUNE, WEIGHTS, load_model, stored_patch_size
 from .engine import level_network, predict_with, probabilities, probabilities_to_labels
 from .postprocess import apply as apply_postprocess
 from .postprocess import read_postprocess
+from .window import WINDOWS, Window
 
 
 def read_prune_choice(run: str | os.PathLike | None) -> Mode | None:
@@ -74,6 +75,21 @@ def read_prune_choice(run: str | os.PathLike | None) -> Mode | None:
         return Mode.from_json(chosen, f"{path}: chosen")
     except UnetppError as e:
         raise RunError(f"{e.problems[0]}; run 'unetpp prune' again") from None
+
+
+def read_window_choice(run: str | os.PathLike | None) -> str | None:
+    """``prune.json["window"]["chosen"]`` of ``run`` (``"patch"`` or ``"large"``), or None
+    without one (a run pruned before windows were chosen predicts with patch windows)."""
+    path = Path(run) / PRUNE if run is not None else None
+    if path is None or not path.is_file():
+        return None
+    window = read_json(path).get("window")
+    if window is None:
+        return None
+    if not isinstance(window, dict) or window.get("chosen") not in WINDOWS:
+        raise RunError(f"{path}: \"window\" must have \"chosen\": one of {', '.join(WINDOWS)}; "
+                       "run 'unetpp prune' again")
+    return window["chosen"]
 
 
 def _normalise(array: np.ndarray, data_config: dict[str, Any]) -> np.ndarray:
@@ -101,11 +117,13 @@ class Predictor:
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
         batch_size: windows (or slices) per forward pass.
         overlap: sliding-window overlap.
+        window: ``"patch"`` or ``"large"`` (:mod:`unetpp.inference.window`); default what
+            ``unetpp prune`` chose on validation data (``RUN/prune.json``), else ``"patch"``.
     """
 
     def __init__(self, model: nn.Module, config: dict[str, Any], run: str | os.PathLike | None = None,
                  device: str | torch.device | None = "cpu", batch_size: int = 4, overlap: float = 0.5,
-                 amp: bool | None = None):
+                 amp: bool | None = None, window: str | None = None):
         self.device = runtime.pick_device(device)
         self.model = model.to(self.device).eval()
         self.config = config
@@ -119,6 +137,7 @@ class Predictor:
         self.patch_size: tuple[int, ...] = stored_patch_size(config, model.config.dims,
                                                              f"{self.run or 'run'}/config.json")
         #: the fast inference copy (BN folded, no autograd, channels_last where it pays)
+        self.window = self.window_for(window or read_window_choice(self.run) or "patch")
         self.fast_model = runtime.optimize_for_inference(self.model, device=self.device)
         self.precision, _ = runtime.choose_precision(self.device, amp)
 
@@ -146,6 +165,12 @@ class Predictor:
     @property
     def dims(self) -> int:
         return self.model.config.dims
+
+    def window_for(self, policy: str) -> Window:
+        """The :class:`~.window.Window` of ``policy`` for this model and its training patch."""
+        cfg = self.model.config
+        return Window(policy, self.patch_size, self.overlap, multiple=tuple(cfg.pad_multiple),
+                      filters=cfg.base_filters)
 
     def default_mode(self) -> Mode:
         """prune.json's choice; else accurate (deep supervision) or the one head."""
@@ -216,13 +241,14 @@ class Predictor:
         return run
 
     def level_probabilities(self, image: torch.Tensor, levels: Sequence[int], tta: bool = False,
-                            network: Callable[[torch.Tensor], dict[int, torch.Tensor]] | None = None
-                            ) -> dict[int, torch.Tensor]:
-        """``{level: (K', *S)}`` probabilities of a prepared ``(C, *S)`` image."""
+                            network: Callable[[torch.Tensor], dict[int, torch.Tensor]] | None = None,
+                            window: Window | None = None) -> dict[int, torch.Tensor]:
+        """``{level: (K', *S)}`` probabilities of a prepared ``(C, *S)`` image, tiled by
+        ``window`` (default the predictor's)."""
         return predict_with(network or self.network(levels), image, dims=self.dims,
                             in_channels=self.in_channels, levels=tuple(levels),
-                            patch_size=self.patch_size, overlap=self.overlap,
-                            batch_size=self.batch_size, tta=tta, device=self.device)
+                            window=window or self.window, batch_size=self.batch_size, tta=tta,
+                            device=self.device)
 
     def predict_tensor(self, image: torch.Tensor, mode: str | Mode | None = None, level: int | None = None,
                        tta: bool = False) -> torch.Tensor:
@@ -267,11 +293,13 @@ class Predictor:
     def __repr__(self) -> str:
         cfg = self.model.config
         return (f"Predictor(run={str(self.run) if self.run else None!r}, arch={cfg.arch!r}, dims={cfg.dims}, "
-                f"levels={self.levels}, device={str(self.device)!r}, default={str(self.default_mode())!r})")
+                f"levels={self.levels}, device={str(self.device)!r}, default={str(self.default_mode())!r}, "
+                f"window={self.window.policy!r})")
 
 
 def load(run: str | os.PathLike, device: str | torch.device | None = "cpu", weights: str = WEIGHTS,
-         batch_size: int = 4, overlap: float = 0.5, amp: bool | None = None) -> Predictor:
+         batch_size: int = 4, overlap: float = 0.5, amp: bool | None = None,
+         window: str | None = None) -> Predictor:
     """Load ``RUN`` (config.json + model.safetensors, no pickle) as a :class:`Predictor`.
 
     Raises :class:`~unetpp.errors.RunError` naming the file for a missing, tampered or
@@ -279,4 +307,5 @@ def load(run: str | os.PathLike, device: str | torch.device | None = "cpu", weig
     """
     dev = runtime.pick_device(device)
     model, config = load_model(run, weights=weights, device=dev)
-    return Predictor(model, config, run=run, device=dev, batch_size=batch_size, overlap=overlap, amp=amp)
+    return Predictor(model, config, run=run, device=dev, batch_size=batch_size, overlap=overlap, amp=amp,
+                     window=window)

@@ -22,6 +22,19 @@ supervision has one head: it is measured, and chosen.
      "tolerance": 0.5, "cases": N, "split": "val" | "all", "input_shape": [1, C, *patch],
      "device": "cpu", "repeats": 10}
 
+**Window** (:mod:`unetpp.inference.window`). The levels are scored with patch windows
+(nnU-Net's tiling). The chosen mode is then scored again on the same cases with large windows
+(the whole image, or as few windows as memory allows): ``"large"`` is chosen when its IoU is
+within ``tolerance`` of the same mode's with patch windows (each decision gets the tolerance:
+the level against the best, the tiling against the level's), and when at least one case is
+larger than the patch (otherwise the two tilings never differed on the evidence). ``predict``,
+``evaluate`` and the exported file then tile as chosen::
+
+    "window": {"chosen": "large" | "patch", "patch": {"iou", "dice", "ms"},
+               "large": {"iou", "dice", "ms"}, "cases_larger": K, "case": NAME}
+
+(``ms``: median time of the chosen mode on the largest validation case ``case``.)
+
 IoU and Dice are means over cases on a 0-1 scale (as ``evaluate``); ``tolerance`` is in IoU
 points (0-100). ``chosen.level`` is null in accurate mode. ``prune.png`` plots IoU (%)
 against latency and against parameters, one labelled point per level plus accurate.
@@ -30,6 +43,7 @@ against latency and against parameters, one labelled point per level plus accura
 from __future__ import annotations
 
 import io
+import math
 import os
 import statistics
 import time
@@ -127,6 +141,7 @@ def prune(predictor: Any, ds: Any, tolerance: float = 0.5, repeats: int = 10, wa
     multi = len(predictor.levels) > 1
     modes = [Mode.fast(lv) for lv in predictor.levels] + ([Mode.accurate()] if multi else [])
     members = getattr(predictor, "members", None)
+    _set_window(predictor, "patch")  # levels are scored as nnU-Net tiles; large windows after
     if members is not None:  # a cross-validation: every case scored by the fold that did not train on it
         names, source, scored = _out_of_fold(predictor, ds, modes, tta, progress)
         predictor = members[0]
@@ -148,8 +163,11 @@ def prune(predictor: Any, ds: Any, tolerance: float = 0.5, repeats: int = 10, wa
     accurate = entry(Mode.accurate(), "accurate") if multi else dict(levels[str(predictor.levels[-1])])
     candidates = {**levels, "accurate": accurate} if multi else dict(levels)
     chosen = choose(candidates, tolerance)
-    result = {"levels": levels, "accurate": accurate, "chosen": chosen, "tolerance": tolerance,
-              "cases": len(names), "split": source, "input_shape": list(input_shape),
+    window = choose_window(members or [predictor], ds, names, Mode.from_json(chosen), candidates,
+                           tolerance, tta, progress, splits=_splits(cv_folder) if members else None)
+    _set_window(members or [predictor], window["chosen"])
+    result = {"levels": levels, "accurate": accurate, "chosen": chosen, "window": window,
+              "tolerance": tolerance, "cases": len(names), "split": source, "input_shape": list(input_shape),
               "device": str(predictor.device), "repeats": repeats, "tta": tta}
     folder = write_to if write_to is not None else (cv_folder if members is not None else predictor.run)
     if folder is not None:
@@ -158,6 +176,50 @@ def prune(predictor: Any, ds: Any, tolerance: float = 0.5, repeats: int = 10, wa
         write_prune(member.run, result, title=Path(member.run).name)
         member.choice = Mode.from_json(chosen)
     return result
+
+
+def _set_window(predictors: Any, policy: str) -> None:
+    """Every predictor (a list, or one predictor, an ensemble's members) tiles with ``policy``."""
+    for p in predictors if isinstance(predictors, list) else getattr(predictors, "members", None) or [predictors]:
+        p.window = p.window_for(policy)
+
+
+def _splits(cv_folder: Any) -> list[dict[str, Any]]:
+    from ..io import read_json
+
+    return read_json(Path(cv_folder) / "splits_final.json")
+
+
+def choose_window(predictors: list[Any], ds: Any, names: Sequence[str], mode: Mode,
+                  candidates: dict[str, dict[str, Any]], tolerance: float, tta: bool,
+                  progress: Progress | None, splits: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Score ``mode`` with large windows on the cases the levels were scored on (each fold's
+    validation cases with its own member when ``splits`` is given) and choose the tiling."""
+    key = "accurate" if mode.name == "accurate" else str(mode.level)
+    patch = {"iou": candidates[key]["iou"], "dice": candidates[key]["dice"]}
+    first = predictors[0]
+    shapes = {n: tuple(ds.load_case(n).image.shape[1:]) for n in names}
+    patch_size = first.window.patch  # a 2D model on a volume tiles each slice: its last two axes
+    larger = sum(any(d > p for d, p in zip(shape[-len(patch_size):], patch_size)) for shape in shapes.values())
+    _set_window(predictors, "large")
+    scored: list[dict[str, Any]] = []
+    for member, split in zip(predictors, splits or [{"val": list(names)}]):
+        scored += score_modes(member, ds, split["val"], [mode], tta=tta, progress=progress)[mode]
+    s = summarise(mode.name, mode.level, scored)
+    large = {"iou": s["iou"], "dice": s["dice"]}
+    largest = max(names, key=lambda n: math.prod(shapes[n]))
+    image = torch.as_tensor(ds.load_case(largest).image, dtype=torch.float32)
+    levels = mode.levels(first.levels)
+    timings = {}
+    for policy in ("patch", "large"):
+        window = first.window_for(policy)
+        timings[policy] = measure_latency(
+            {policy: lambda x, w=window: first.level_probabilities(x, levels, tta=tta, window=w)},
+            image, repeats=3, warmup=1, budget_s=20.0)[policy]
+    patch["ms"], large["ms"] = timings["patch"], timings["large"]
+    within = (patch["iou"] - large["iou"]) * 100.0 <= tolerance + 1e-9
+    chosen = "large" if within and larger else "patch"
+    return {"chosen": chosen, "patch": patch, "large": large, "cases_larger": larger, "case": largest}
 
 
 def _ci95(values: Sequence[float]) -> list[float] | None:
