@@ -2,24 +2,24 @@
 of at most ~5 minutes (issue 17 item 5). Writes ``gpu.json`` and ``gpu.md`` into ``--out``.
 
     python benchmarks/gpu.py --out docs/results/gpu        # on a machine with a CUDA PyTorch
-    python benchmarks/gpu.py --dry-run --out /tmp/gpu      # CPU, tiny sizes, ~15 s: the code paths
+    python benchmarks/gpu.py --dry-run --out /tmp/gpu      # CPU, tiny sizes, ~25 s: the code paths
 
 What it measures (random weights: speed does not depend on them):
-1. Inference, seconds per image through the real Predictor path (BN-folded inference copy,
-   sliding window with Gaussian blending, probabilities back on the CPU): UNet++ paper preset
-   with deep supervision, 2D 512x512 for L1..L4 and accurate mode in fp32, bf16 and fp16
-   autocast; 3D 256x256x64 (D=64) accurate mode in fp32 and bf16. Windows: the library's
-   defaults (training patch 96 / 64 per axis, overlap 0.5, 4 windows per pass), and the
-   "large" window policy as well where this Predictor has one. ONNX Runtime's CUDA provider
-   when onnxruntime has it (else its status is recorded).
+1. Inference, seconds per image through the real Predictor path (BN-folded copy, sliding
+   window, probabilities back on the CPU): UNet++ paper preset with deep supervision, 2D
+   512x512 at L1..L4 and accurate mode in fp32, bf16 and fp16 autocast; 3D 256x256x64 (D=64)
+   accurate mode in fp32 and bf16. Windows: the defaults (training patch 96 / 64 per axis,
+   overlap 0.5, 4 per pass), and the "large" policy too where this Predictor has one. ONNX
+   Runtime's CUDA provider when onnxruntime has it (else its status is recorded).
 2. Training, samples/s of forward + deep-supervision loss + backward + Adam, as `unetpp
    train` steps, at its default batches (8 x 96^2 in 2D, 2 x 64^3 in 3D): fp32, bf16 AMP,
    bf16 + channels_last, and bf16 + channels_last + torch.compile (what `--compile` does on
    CUDA), the compile time apart. Each compile runs in a child process killed at the deadline.
 Plus the machine: GPU, torch, CUDA, cuDNN, the TF32 switches (fp32 convs use TF32 by default).
 
-Time: every row stops timing after --repeats calls (or ~10 s); a global deadline (--budget,
-default 250 s from start) skips the remaining rows with a note instead of overrunning.
+Time: a row times 3 calls (training: 10 steps) after a warm-up, fewer past ~10 s; a global
+deadline (--budget, default 250 s from the start, imports included) skips the remaining rows
+with a note instead of overrunning, and kills a compile still running.
 
 On this workplace's GPU machine (the `run` device tool): its own ``python3`` (Python 3.12,
 /opt/torch/.venv) holds a CUDA torch, Triton, numpy, safetensors, rich and onnxruntime, but
@@ -51,7 +51,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
+START = time.monotonic()  # the budget counts from here: imports included
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -105,12 +106,9 @@ def timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> tuple[fl
 
 
 def peak_gib(device: torch.device, reset: bool = False) -> float | None:
-    if device.type != "cuda":
-        return None
-    if reset:
+    if device.type == "cuda" and reset:
         torch.cuda.reset_peak_memory_stats(device)
-        return None
-    return round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
 
 
 def record(rows: list[dict[str, Any]], row: dict[str, Any], measure: Callable[[], dict[str, Any]],
@@ -144,21 +142,21 @@ def predictor(dims: int, device: torch.device, window: str | None = None) -> Pre
     return Predictor(paper_model(dims), config, device=device, batch_size=S["windows_per_pass"], amp=False, **extra)
 
 
-def windows() -> list[str | None]:
-    """None (the Predictor's default), plus "large" where this Predictor has window policies."""
-    return [None, "large"] if hasattr(Predictor, "window_for") else [None]
-
-
 # ----------------------------------------------------------------------------- 1. inference
 def inference(device: torch.device, rows: list[dict[str, Any]]) -> None:
     plan = [(2, [Mode.fast(lv) for lv in (1, 2, 3, 4)] + [Mode.accurate()], ["fp32", "bf16", "fp16"]),
             (3, [Mode.accurate()], ["fp32", "bf16"])]
-    for window in windows():
+    # None: the Predictor's default window; "large" too where this Predictor has window policies
+    for window in [None, "large"] if hasattr(Predictor, "window_for") else [None]:
         for dims, modes, precisions in plan:
-            if left() <= 0:
-                rows.append({"dims": dims, "window": window or "default", "skipped": "global deadline reached"})
+            head = {"dims": dims, "engine": "torch", "mode": "all", "window": window or "patch"}
+            try:
+                if left() <= 0:
+                    raise TimeoutError("global deadline reached")
+                p = predictor(dims, device, window)
+            except Exception as e:  # noqa: BLE001
+                rows.append({**head, "skipped" if isinstance(e, TimeoutError) else "error": one_line(e)})
                 continue
-            p = predictor(dims, device, window)
             image = torch.randn((1, *S["image"][dims]), generator=torch.Generator().manual_seed(0))
             for mode in modes:
                 for name in precisions:
@@ -175,8 +173,7 @@ def inference(device: torch.device, rows: list[dict[str, Any]]) -> None:
 
 
 def onnxruntime_status(dry_run: bool) -> tuple[str | None, str]:
-    """(the --device to run exported files on, or None, and one line for the report). A dry
-    run uses the CPU provider, to test the path."""
+    """(the device to run exported files on, or None; one line for the report). Dry run: CPU."""
     try:
         import onnxruntime as ort
     except Exception as e:  # noqa: BLE001
@@ -195,12 +192,12 @@ def onnxruntime_rows(device: torch.device, rows: list[dict[str, Any]], ort_devic
     """2D accurate mode through an exported file (`unetpp export`, fp32) on ONNX Runtime."""
     from unetpp.inference import deployed
 
-    base = predictor(2, torch.device("cpu"))  # exported on the CPU, as `unetpp export` does
     image = torch.randn((1, *S["image"][2]), generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory() as tmp:
         def measure() -> dict[str, Any]:
             path = Path(tmp) / "accurate.onnx"
             t0 = time.perf_counter()
+            base = predictor(2, torch.device("cpu"))  # exported on the CPU, as `unetpp export` does
             deployed.export_run(base, "onnx", path, Mode.accurate())  # ~10 s: checked against PyTorch
             export_s = time.perf_counter() - t0
             d = deployed.load(path, device=ort_device, batch_size=S["windows_per_pass"])
@@ -274,8 +271,8 @@ def compiled_rows(dry_run: bool) -> dict[int, dict[str, Any]]:
         os.killpg(child.pid, signal.SIGKILL)
         out, err = child.communicate()
         why = f"not finished at the deadline ({limit:.0f} s for the compiled rows): killed"
-    done = [json.loads(line[4:]) for line in out.splitlines() if line.startswith("ROW ")]
-    return {r.pop("dims"): r for r in done} | {d: {"error": why} for d in (2, 3) if d not in {r["dims"] for r in done}}
+    done = {r.pop("dims"): r for r in (json.loads(x[4:]) for x in out.splitlines() if x.startswith("ROW "))}
+    return {d: done.get(d, {"error": why}) for d in (2, 3)}
 
 
 def training(device: torch.device, rows: list[dict[str, Any]], dry_run: bool) -> None:
@@ -318,11 +315,7 @@ def machine(device: torch.device) -> dict[str, Any]:
 
 
 def cell(row: dict[str, Any] | None, key: str, fmt: str) -> str:
-    if row is None:
-        return ""
-    if key in row:
-        return fmt.format(row[key])
-    return "skipped" if "skipped" in row else "error"
+    return "" if row is None else fmt.format(row[key]) if key in row else "skipped" if "skipped" in row else "error"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -330,7 +323,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [f"# UNet++ on {m.get('gpu', m['device'])}{' (DRY RUN: CPU, tiny sizes)' if st['dry_run'] else ''}", "",
              f"torch {m['torch']}, CUDA {m['cuda']}, cuDNN {m['cudnn']}, Python {m['python']}, {m['date']}; "
              f"TF32 matmul {m.get('tf32_matmul', '-')}, TF32 cuDNN {m.get('tf32_cudnn', '-')}; "
-             f"paper preset, base filters {st['width']}; wall {result['wall_s']:.0f} s of a {st['budget_s']:.0f} s budget.", "",
+             f"paper preset, base filters {st['width']}; wall {result['wall_s']:.0f} s (imports included) of a {st['budget_s']:.0f} s budget.", "",
              "## Inference: seconds per image (Predictor path, sliding window included)", "",
              f"Median of up to {st['repeats']} calls after a warm-up; {st['windows_per_pass']} windows per pass, "
              "overlap 0.5; 2D image "
@@ -369,7 +362,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, help="seconds from start after which rows are skipped (default 250; 60 dry)")
     ap.add_argument("--compile-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    start = time.monotonic()
     if not args.dry_run and not torch.cuda.is_available():
         print(f"CUDA is not available to this PyTorch: torch {torch.__version__} "
               f"({'CUDA ' + torch.version.cuda + ' build, but no GPU visible' if torch.version.cuda else 'a CPU-only build'}) "
@@ -377,31 +369,29 @@ def main(argv: list[str] | None = None) -> int:
               "or pass --dry-run", file=sys.stderr, flush=True)
         return 2
     S = DRY if args.dry_run else FULL
-    if args.dry_run:  # one thread: on a CPU busy with other work, more would wait for each other
+    if args.dry_run:  # one thread: on a busy CPU more would wait for each other
         torch.set_num_threads(1)
     device = torch.device("cpu") if args.dry_run else runtime.pick_device("cuda")
     if args.compile_child:  # the child process of compiled_rows
         compile_child(device, args.dry_run)
         return 0
-    DEADLINE = start + (args.budget or S["budget"])
+    DEADLINE = START + (args.budget or S["budget"])
     info = machine(device)
     print(json.dumps(info), flush=True)
     ort_device, ort_line = onnxruntime_status(args.dry_run)
-    inference_rows: list[dict[str, Any]] = []
-    training_rows: list[dict[str, Any]] = []
-    inference(device, inference_rows)
-    training(device, training_rows, args.dry_run)
-    if ort_device:
-        onnxruntime_rows(device, inference_rows, ort_device)
-    settings = {k: ({str(d): v for d, v in S[k].items()} if isinstance(S[k], dict) else S[k])
-                for k in ("image", "patch", "batch", "width", "windows_per_pass", "repeats", "steps", "row_cap")}
-    settings.update(dry_run=args.dry_run, budget_s=args.budget or S["budget"])
-    result = {"machine": info, "settings": settings, "onnxruntime": ort_line,
-              "wall_s": time.monotonic() - start, "inference": inference_rows, "training": training_rows}
-    atomic_write_json(args.out / "gpu.json", result)
-    text = markdown(result)
-    atomic_write_text(args.out / "gpu.md", text)
-    print(text, flush=True)
+    settings = {k: ({str(d): v for d, v in v.items()} if isinstance(v, dict) else v) for k, v in S.items()}
+    result = {"machine": info, "settings": {**settings, "dry_run": args.dry_run, "budget_s": args.budget or S["budget"]},
+              "onnxruntime": ort_line, "inference": [], "training": []}
+    try:  # what was measured is written even if something unforeseen stops the run
+        inference(device, result["inference"])
+        training(device, result["training"], args.dry_run)
+        if ort_device:
+            onnxruntime_rows(device, result["inference"], ort_device)
+    finally:
+        result["wall_s"] = time.monotonic() - START
+        atomic_write_json(args.out / "gpu.json", result)
+        atomic_write_text(args.out / "gpu.md", markdown(result))
+    print(markdown(result), flush=True)
     return 0
 
 
