@@ -11,15 +11,15 @@ What it measures (random weights: speed does not depend on them):
    accurate mode in fp32 and bf16. Windows: the defaults (training patch 96 / 64 per axis,
    overlap 0.5, 4 per pass), and the "large" policy too where this Predictor has one. ONNX
    Runtime's CUDA provider when onnxruntime has it (else its status is recorded).
-2. Training, samples/s of forward + deep-supervision loss + backward + Adam, as `unetpp
-   train` steps, at its default batches (8 x 96^2 in 2D, 2 x 64^3 in 3D): fp32, bf16 AMP,
-   bf16 + channels_last, and bf16 + channels_last + torch.compile (what `--compile` does on
-   CUDA), the compile time apart. Each compile runs in a child process killed at the deadline.
-Plus the machine: GPU, torch, CUDA, cuDNN, the TF32 switches (fp32 convs use TF32 by default).
+2. Training, samples/s of `unetpp train`'s step (forward, deep-supervision loss, backward,
+   Adam) at its default batches (8 x 96^2 in 2D, 2 x 64^3 in 3D): fp32, bf16 AMP, bf16 +
+   channels_last, bf16 + channels_last + torch.compile (`--compile` on CUDA; compile time
+   apart, in a child process). Plus the machine: GPU, torch, CUDA, cuDNN, TF32 switches.
 
-Time: a row times 3 calls (training: 10 steps) after a warm-up, fewer past ~10 s; a global
-deadline (--budget, default 250 s from the start, imports included) skips the remaining rows
-with a note instead of overrunning, and kills a compile still running.
+Time: a row times 3 calls (training: 10 steps) after a warm-up, fewer past ~10 s. Sections
+end at 40 % (inference), 60 % (training), 70 % (ONNX Runtime) and 100 % (compile) of --budget
+(default 250 s from the start, imports included): rows past their section's end are skipped
+with a note instead of overrunning, and a compile still running then is killed.
 
 On this workplace's GPU machine (the `run` device tool): its own ``python3`` (Python 3.12,
 /opt/torch/.venv) holds a CUDA torch, Triton, numpy, safetensors, rich and onnxruntime, but
@@ -93,7 +93,7 @@ def left() -> float:
 
 def timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> tuple[float, int]:
     """Median seconds of ``fn`` over up to ``repeats`` calls after one warm-up; fewer when
-    the row has run ``row_cap`` seconds or the deadline is near."""
+    the row has run ``row_cap`` seconds or the section's time is up."""
     fn()
     sync(device)
     times: list[float] = []
@@ -113,18 +113,16 @@ def peak_gib(device: torch.device, reset: bool = False) -> float | None:
 
 def record(rows: list[dict[str, Any]], row: dict[str, Any], measure: Callable[[], dict[str, Any]],
            device: torch.device) -> None:
-    """Run one row unless the deadline has passed; an error is kept as one line, not raised."""
+    """Run one row unless its section's time is up; an error is kept as one line, not raised."""
     if left() <= 0:
-        row["skipped"] = "global deadline reached"
+        row["skipped"] = "time limit reached"
     else:
         try:
             peak_gib(device, reset=True)
-            row.update(measure())
-            row["peak_gib"] = peak_gib(device)
+            row.update(measure(), peak_gib=peak_gib(device))
         except Exception as e:  # noqa: BLE001 - one row's failure (OOM, compile) is a result too
             row["error"] = one_line(e)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        torch.cuda.empty_cache()  # a no-op without CUDA
     rows.append(row)
     print(json.dumps(row), flush=True)
 
@@ -152,7 +150,7 @@ def inference(device: torch.device, rows: list[dict[str, Any]]) -> None:
             head = {"dims": dims, "engine": "torch", "mode": "all", "window": window or "patch"}
             try:
                 if left() <= 0:
-                    raise TimeoutError("global deadline reached")
+                    raise TimeoutError("time limit reached")
                 p = predictor(dims, device, window)
             except Exception as e:  # noqa: BLE001
                 rows.append({**head, "skipped" if isinstance(e, TimeoutError) else "error": one_line(e)})
@@ -259,8 +257,7 @@ def compile_child(device: torch.device, dry_run: bool) -> None:
 
 
 def compiled_rows(dry_run: bool) -> dict[int, dict[str, Any]]:
-    """The compiled rows from a child process: a compile that outlasts the deadline is killed
-    (with its compile workers) instead of holding the run past its budget."""
+    """The compiled rows from a child process, killed with its compile workers at the deadline."""
     cmd = [sys.executable, __file__, "--compile-child", "--out", tempfile.gettempdir()] + (["--dry-run"] if dry_run else [])
     limit = max(1.0, left() - 5.0)
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -270,24 +267,24 @@ def compiled_rows(dry_run: bool) -> dict[int, dict[str, Any]]:
     except subprocess.TimeoutExpired:
         os.killpg(child.pid, signal.SIGKILL)
         out, err = child.communicate()
-        why = f"not finished at the deadline ({limit:.0f} s for the compiled rows): killed"
+        why = f"not finished in the {limit:.0f} s left to the compiled rows: killed"
     done = {r.pop("dims"): r for r in (json.loads(x[4:]) for x in out.splitlines() if x.startswith("ROW "))}
     return {d: done.get(d, {"error": why}) for d in (2, 3)}
 
 
-def training(device: torch.device, rows: list[dict[str, Any]], dry_run: bool) -> None:
+def training(device: torch.device, rows: list[dict[str, Any]]) -> None:
     runtime.set_determinism(False, device)  # cuDNN benchmark on CUDA, as `unetpp train` does
     for variant in TRAIN_VARIANTS[:-1]:
         for dims in (2, 3):
             row = {"dims": dims, "variant": variant, "batch": S["batch"][dims], "patch": list(S["patch"][dims])}
             record(rows, row, lambda dims=dims, variant=variant: train_step(dims, variant, device), device)
-    # last, in one child process: a cold compile can take minutes
+
+
+def compiled_training(rows: list[dict[str, Any]], dry_run: bool) -> None:
+    """The compiled rows, last and in one child process: a cold compile can take minutes."""
     heads = [{"dims": d, "variant": TRAIN_VARIANTS[-1], "batch": S["batch"][d], "patch": list(S["patch"][d])} for d in (2, 3)]
-    if left() < 30:
-        for row in heads:
-            rows.append({**row, "skipped": f"global deadline: {max(0.0, left()):.0f} s left, too little for a compile"})
-        return
-    done = compiled_rows(dry_run)
+    done = compiled_rows(dry_run) if left() >= 30 else {d: {"skipped": f"{max(0.0, left()):.0f} s left, too "
+                                                            "little for a compile"} for d in (2, 3)}
     for row in heads:
         rows.append({**row, **done[row["dims"]]})
         print(json.dumps(rows[-1]), flush=True)
@@ -359,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="folder for gpu.json and gpu.md")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, 1 repeat: a test of the code paths")
-    ap.add_argument("--budget", type=float, help="seconds from start after which rows are skipped (default 250; 60 dry)")
+    ap.add_argument("--budget", type=float, help="seconds for the whole run, imports included (default 250; 60 dry)")
     ap.add_argument("--compile-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if not args.dry_run and not torch.cuda.is_available():
@@ -375,18 +372,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.compile_child:  # the child process of compiled_rows
         compile_child(device, args.dry_run)
         return 0
-    DEADLINE = START + (args.budget or S["budget"])
+    budget = args.budget or S["budget"]
     info = machine(device)
     print(json.dumps(info), flush=True)
     ort_device, ort_line = onnxruntime_status(args.dry_run)
     settings = {k: ({str(d): v for d, v in v.items()} if isinstance(v, dict) else v) for k, v in S.items()}
-    result = {"machine": info, "settings": {**settings, "dry_run": args.dry_run, "budget_s": args.budget or S["budget"]},
+    result = {"machine": info, "settings": {**settings, "dry_run": args.dry_run, "budget_s": budget},
               "onnxruntime": ort_line, "inference": [], "training": []}
+    sections = [(0.4, lambda: inference(device, result["inference"])),  # each ends at this share of the budget
+                (0.6, lambda: training(device, result["training"])),
+                (0.7, lambda: ort_device and onnxruntime_rows(device, result["inference"], ort_device)),
+                (1.0, lambda: compiled_training(result["training"], args.dry_run))]
     try:  # what was measured is written even if something unforeseen stops the run
-        inference(device, result["inference"])
-        training(device, result["training"], args.dry_run)
-        if ort_device:
-            onnxruntime_rows(device, result["inference"], ort_device)
+        for end, run_section in sections:
+            DEADLINE = START + end * budget  # a section that ends early leaves its time to the next
+            run_section()
     finally:
         result["wall_s"] = time.monotonic() - START
         atomic_write_json(args.out / "gpu.json", result)
