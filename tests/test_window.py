@@ -16,7 +16,7 @@ import unetpp
 from unetpp import create_model
 from unetpp.data import open_dataset
 from unetpp.data.synthetic import write_synthetic_dataset
-from unetpp.errors import RunError
+from unetpp.errors import RunError, UnetppError
 from unetpp.inference.engine import predict_with
 from unetpp.inference.predictor import Predictor
 from unetpp.inference.window import Window
@@ -43,30 +43,47 @@ def test_large_policy_takes_the_whole_image_when_it_fits():
     assert window == (512, 512) and len(monai_windows((512, 512), window, overlap)) == 1
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(12))
 def test_large_windows_fit_the_budget_cover_the_image_and_compute_less(seed):
     rng = random.Random(seed)
     dims = rng.choice((2, 3))
-    patch = tuple(rng.choice((32, 48, 64)) for _ in range(dims))
+    multiple = rng.choice((16, 32, 64))
+    # patches that are not multiples of the padding too (a --patch-size of 100, depth 6 at 96)
+    patch = tuple(rng.choice((32, 40, 48, 56, 64, 96, 100)) for _ in range(dims))
     spatial = tuple(rng.randint(p // 2, p * 7) for p in patch)
     filters = rng.choice((8, 32))
     budget = rng.choice((2 ** 20, 2 ** 22))
-    w = Window("large", patch, overlap=0.5, multiple=(16,) * dims, budget=budget, filters=filters)
+    w = Window("large", patch, overlap=0.5, multiple=(multiple,) * dims, budget=budget, filters=filters)
     window, overlap = w.plan(spatial)
     slices = monai_windows(spatial, window, overlap)
-    # never below the patch (or the image), a multiple of the padding unless it is the image
+    # never below the patch (or the image), a multiple of the padding unless it is the image or the patch
     for s, p, win in zip(spatial, patch, window):
         assert min(s, p) <= win <= s
-        assert win == s or win % 16 == 0
+        assert win in (s, min(s, p)) or win % multiple == 0
     # within the budget unless the patch itself is over it
     assert math.prod(window) <= max(budget // filters, math.prod(min(p, s) for p, s in zip(patch, spatial)))
     covered = np.zeros(spatial, dtype=bool)
     for sl in slices:
         covered[tuple(sl)] = True
     assert covered.all()
+    # per axis: the fewest windows of that size that keep the patch policy's seam between them
+    for axis, (s, p, win) in enumerate(zip(spatial, patch, window)):
+        starts = sorted({sl[axis].start for sl in slices})
+        seam = int(min(p, s) * 0.5)
+        assert len(starts) == (1 if win >= s else -(-(s - seam) // (win - seam)))
+        assert all(b - a <= win - seam for a, b in zip(starts, starts[1:]))
     patch_plan = Window("patch", patch, overlap=0.5).plan(spatial)
-    patch_voxels = len(monai_windows(spatial, *patch_plan)) * math.prod(patch_plan[0])
-    assert len(slices) * math.prod(window) <= patch_voxels
+    patch_windows = monai_windows(spatial, *patch_plan)
+    assert len(slices) <= len(patch_windows)
+    assert len(slices) * math.prod(window) <= len(patch_windows) * math.prod(patch_plan[0])
+
+
+def test_large_windows_are_never_more_than_patch_windows_when_rounding_cannot_shrink_them():
+    """A 96³ patch padded to multiples of 64: the window stays at 128 for several tile counts."""
+    w = Window("large", (96, 96, 96), multiple=(64, 64, 64), filters=32)
+    window, overlap = w.plan((143, 138, 468))
+    assert len(monai_windows((143, 138, 468), window, overlap)) <= len(
+        monai_windows((143, 138, 468), *Window("patch", (96, 96, 96)).plan((143, 138, 468))))
 
 
 def test_window_refuses_an_unknown_policy():
@@ -147,14 +164,40 @@ def test_prune_chooses_large_windows_within_tolerance_and_predict_uses_them(smal
     image = ds.load_case(ds.case_names[0]).image
     whole = predictor.predict(image, normalised=True)
     assert whole.shape == (40, 40)
-    # prune.json from before windows were chosen: patch windows
+    # prune.json from before windows were chosen: patch windows; a garbled window entry
     data = json.loads((run / "prune.json").read_text())
-    (run / "prune.json").write_text(json.dumps({k: v for k, v in data.items() if k != "window"}))
+    try:
+        (run / "prune.json").write_text(json.dumps({k: v for k, v in data.items() if k != "window"}))
+        assert unetpp.load(run).window.policy == "patch"
+        (run / "prune.json").write_text(json.dumps({**data, "window": {"chosen": "huge"}}))
+        with pytest.raises(RunError, match=r"prune.json: \"window\" must have \"chosen\": one of patch, large"):
+            unetpp.load(run)
+    finally:
+        (run / "prune.json").write_text(json.dumps(data))
+
+
+def test_prune_keeps_patch_windows_when_large_ones_lose_more_than_the_tolerance(small_patch_run, tmp_path,
+                                                                                 monkeypatch):
+    import shutil
+
+    from unetpp.inference import prune as prune_module
+
+    src, ds = small_patch_run
+    run = shutil.copytree(src, tmp_path / "run")
+    real = prune_module.score_modes
+
+    def worse_with_large_windows(predictor, *args, **kwargs):
+        scored = real(predictor, *args, **kwargs)
+        if predictor.window.policy == "large":  # 10 IoU points below what large windows gave
+            scored = {m: [{**c, "iou": c["iou"] - 0.1} for c in cases] for m, cases in scored.items()}
+        return scored
+
+    monkeypatch.setattr(prune_module, "score_modes", worse_with_large_windows)
+    kept = prune_module.prune(unetpp.load(run), ds, tolerance=0.5, repeats=1)["window"]
+    assert kept["chosen"] == "patch" and kept["large"]["iou"] < kept["patch"]["iou"] - 0.05
     assert unetpp.load(run).window.policy == "patch"
-    (run / "prune.json").write_text(json.dumps({**data, "window": {"chosen": "huge"}}))
-    with pytest.raises(RunError, match=r"prune.json: \"window\" must have \"chosen\": one of patch, large"):
-        unetpp.load(run)
-    (run / "prune.json").write_text(json.dumps(data))
+    taken = prune_module.prune(unetpp.load(run), ds, tolerance=15, repeats=1)["window"]
+    assert taken["chosen"] == "large" and unetpp.load(run).window.policy == "large"
 
 
 def test_prune_keeps_patch_windows_without_a_case_larger_than_the_patch(tmp_path, capsys):
@@ -186,7 +229,7 @@ def test_predictor_window_defaults_to_patch_without_a_run():
     model = create_model("unetpp", depth=3, base_filters=4)
     predictor = Predictor(model, {"train": {"patch_size": [32, 32]}})
     assert predictor.window == Window("patch", (32, 32), 0.5, multiple=(8, 8), filters=4)
-    with pytest.raises(ValueError, match="window must be one of"):
+    with pytest.raises(UnetppError, match="--window must be one of patch, large, got .whole."):
         Predictor(model, {"train": {"patch_size": [32, 32]}}, window="whole")
 
 
@@ -207,3 +250,28 @@ def test_export_carries_the_window_and_the_deployed_file_tiles_alike(small_patch
     image = ds.load_case(ds.case_names[-1]).image
     np.testing.assert_allclose(deployed.predict_proba(image, normalised=True),
                                predictor.predict_proba(image, mode="fast", level=2, normalised=True), atol=1e-4)
+
+
+def test_a_2d_model_on_a_volume_runs_as_many_whole_slices_per_pass_as_the_budget_holds():
+    model = create_model("unet", base_filters=4).eval()
+    network, calls = counting(model)
+    volume = torch.randn(1, 10, 32, 32)  # 10 slices of 32²
+    window = Window("large", (16, 16), multiple=(16, 16), filters=4, budget=4 * 3 * 32 * 32)
+    out = predict_with(network, volume, dims=2, in_channels=1, levels=(4,), batch_size=8, window=window)
+    assert out[4].shape == (1, 10, 32, 32)
+    assert calls == [(3, 1, 32, 32)] * 3 + [(1, 1, 32, 32)]  # 3 whole slices fit the budget
+
+
+def test_quantization_scores_with_the_windows_the_file_will_use():
+    from unetpp.inference.quantize import score
+
+    model = create_model("unet", base_filters=4).eval()
+    network, calls = counting(model)
+    image = torch.randn(1, 48, 48)
+    label = np.zeros((48, 48), dtype=np.int64)
+    kw = dict(dims=2, in_channels=1, classes=1, patch_size=(16, 16))
+    score(lambda x: {0: network(x)[4]}, [("c", image, label)], window=Window("large", (16, 16), filters=4), **kw)
+    assert calls == [(1, 1, 48, 48)]
+    calls.clear()
+    score(lambda x: {0: network(x)[4]}, [("c", image, label)], **kw)
+    assert len(calls) > 1

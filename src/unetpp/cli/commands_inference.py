@@ -241,13 +241,14 @@ def predict(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (fro
         raise UnetppError(f"--onnx {onnx}: RUN {run} is already a model file; give one of them")
     predictor = _load(run, "cpu" if onnx is not None else device, batch_size, model_file=True, window=window)
     ok = {"n": 0}
+    windows = "/".join(sorted({m.window.policy for m in getattr(predictor, "members", None) or [predictor]}))
 
     def started(total: int, settled) -> None:
         engine = f"ONNX Runtime ({onnx})" if onnx is not None else str(predictor.device)
         if deployed:
             engine = f"ONNX Runtime ({run}, {predictor.precision_name})"
         log(f"predict: {total} input(s), {settled or 'each run in its chosen mode, averaged'}"
-            f"{', tta' if tta else ''}, {predictor.window.policy} windows, on {engine}")
+            f"{', tta' if tta else ''}, {windows} windows, on {engine}")
 
     with progress_bar("predict") as update:
         def step(done: int, total: int, outcome) -> None:

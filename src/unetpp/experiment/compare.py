@@ -154,6 +154,7 @@ def finish_run(cfg: CompareConfig, key: str, seed: int, run: Path, ds: Any, log:
         t1 = time.perf_counter()
         result = prune(predictor, ds, tolerance=cfg.tolerance, repeats=cfg.prune_repeats, write_to=run)
         entry["prune"] = {"levels": result["levels"], "accurate": result["accurate"], "chosen": result["chosen"],
+                          "window": result["window"],
                           "input_shape": result["input_shape"], "device": result["device"],
                           "cases": result["cases"], "split": result["split"]}
         entry["prune_seconds"] = time.perf_counter() - t1

@@ -51,7 +51,7 @@ from ..errors import DataError, RunError, UnetppError
 from ..io import atomic_write_bytes
 from ..models.mode import Mode
 from .export import DEFAULT_OPSET, METADATA_VERSION, OnnxNetwork, export, export_bytes, require, with_metadata
-from .predictor import Predictor
+from .predictor import Predictor, check_window
 from .window import Window
 
 #: the suffix ``unetpp.load`` and ``unetpp predict`` take for a model file
@@ -142,7 +142,7 @@ def export_run(predictor: Any, fmt: str, out: str | os.PathLike, mode: str | Mod
                                          classes=cfg.classes, patch_size=predictor.patch_size, tolerance=tolerance,
                                          where=str(out), ignore=getattr(ds, "ignore_label", None),
                                          overlap=predictor.overlap, batch_size=predictor.batch_size,
-                                         progress=progress)
+                                         progress=progress, window=predictor.window)
     record.update(data=str(getattr(ds, "root", "")), split=source)
     from .export import metadata
 
@@ -199,6 +199,7 @@ class DeployedPredictor(Predictor):
             problems.append(f"patch_size must be {dims} integers in 1..{MAX_PATCH}, got {patch!r}"[:200])
         if dims not in (2, 3) or not 1 <= in_channels <= 256 or not 1 <= classes <= 256:
             problems.append(f"dims {dims}, in_channels {in_channels}, classes {classes} out of range")
+        check_window(window)
         stored_window = _json(meta, "window", path, required=False) or {"policy": "patch"}
         try:
             self.window = Window(window or stored_window["policy"], tuple(patch), float(overlap),

@@ -1,8 +1,9 @@
 """Whole-image inference: sliding windows, deep-supervision levels, modes, mirroring TTA.
 
 Everything that turns a trained model and one normalised image into probabilities goes
-through :func:`predict_probabilities`, so validation during training, ``evaluate``,
-``prune`` and ``predict`` score exactly the same thing.
+through :func:`predict_with`, so validation during training, ``evaluate``, ``prune`` and
+``predict`` compute the same thing for the same tiling (validation during training always
+tiles with patch windows; the others as the run's window policy says).
 
 - **Levels**: a deep-supervised UNet++ has a head per level 1..depth. Asking for one level
   runs ``model.prune(level)``: only the nodes that head needs are computed. Asking for
@@ -11,9 +12,11 @@ through :func:`predict_probabilities`, so validation during training, ``evaluate
   of every head; *fast* takes one head, level ``L``. The mode is settled once
   (:func:`unetpp.models.resolve_mode`) and its heads combined by
   :func:`unetpp.models.combine_heads`.
-- **Sliding window**: images larger than ``patch_size`` are tiled with ``overlap`` and the
-  tiles blended with Gaussian weights (MONAI's ``sliding_window_inference``), as nnU-Net does,
-  so border pixels of a tile count less than its centre.
+- **Sliding window**: images larger than the window are tiled and the tiles blended with
+  Gaussian weights (MONAI's ``sliding_window_inference``), so border pixels of a tile count
+  less than its centre. The window is a :class:`~unetpp.inference.window.Window`: the
+  training patch overlapping by ``overlap`` (nnU-Net's), or large windows (the whole image,
+  or as few windows as memory allows), chosen on validation data by ``prune``.
 - **2D model, 3D image**: the volume is cut into slices along the first spatial axis, run as
   a batch of 2D images and stacked back.
 """
@@ -150,8 +153,6 @@ def predict_with(network: Callable[[torch.Tensor], dict[int, torch.Tensor]], ima
     device = torch.device(device)
     if window is None and patch_size is not None:
         window = Window("patch", tuple(int(p) for p in patch_size), overlap)
-    # large windows run one per pass: the window itself is already as large as memory allows
-    windows_per_pass = batch_size if window is None or window.policy == "patch" else 1
     mirror = _mirror_axes(dims) if tta else [()]
 
     def predictor(x: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -168,35 +169,44 @@ def predict_with(network: Callable[[torch.Tensor], dict[int, torch.Tensor]], ima
     # (N, C, *S): one image, or the slices of a volume as a batch of 2D images
     batch = image.permute(1, 0, 2, 3) if slice_by_slice else image.unsqueeze(0)
     spatial = tuple(batch.shape[2:])
+
+    def tiling(window: Window | None) -> tuple[tuple[int, ...], tuple[float, ...], int]:
+        """(window size, overlaps, windows or slices per pass); one image in one window: 1."""
+        roi, overlaps = window.plan(spatial) if window is not None else (spatial, ())
+        whole = all(s <= r for s, r in zip(spatial, roi))
+        per = window.per_pass(roi, batch_size) if window is not None else batch_size
+        return roi, overlaps, 1 if whole and not slice_by_slice else per
+
+    roi, overlaps, per_pass = tiling(window)
     chunks: list[dict[int, torch.Tensor]] = []
     start = 0
     while start < batch.shape[0]:
-        step = batch_size if slice_by_slice else 1
+        step = per_pass if slice_by_slice else 1
         x = batch[start:start + step].to(device, torch.float32)
         try:
-            roi, overlaps = window.plan(spatial) if window is not None else (spatial, ())
             if all(s <= r for s, r in zip(spatial, roi)):
                 out = predictor(x)
             else:
                 from monai.inferers import sliding_window_inference  # lazy: MONAI costs seconds at start-up
 
-                out = sliding_window_inference(x, roi, windows_per_pass, predictor, overlap=overlaps,
+                out = sliding_window_inference(x, roi, per_pass, predictor, overlap=overlaps,
                                                mode="gaussian", sw_device=device, device="cpu")
         except torch.cuda.OutOfMemoryError:
-            # out of GPU memory: large windows fall back to patch windows; then the
-            # windows/slices per pass are halved; the chunk is redone
+            # out of GPU memory: halve the windows/slices per pass; at one, large windows give
+            # way to patch windows (the image starts again: one tiling for all of it)
             del x
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            if window is not None and window.policy == "large":
+            if per_pass > 1:
+                per_pass = max(1, per_pass // 2)
+                _LOG.warning(f"out of GPU memory: batch size halved to {per_pass} and retried")
+            elif window is not None and window.policy == "large":
                 window = replace(window, policy="patch")
-                windows_per_pass = batch_size
+                roi, overlaps, per_pass = tiling(window)
+                chunks, start = [], 0
                 _LOG.warning("out of GPU memory with large windows: patch windows used instead")
-                continue
-            if batch_size <= 1:
+            else:
                 raise
-            batch_size = windows_per_pass = max(1, batch_size // 2)
-            _LOG.warning(f"out of GPU memory: batch size halved to {batch_size} and retried")
             continue
         chunks.append({lv: p.float().cpu() for lv, p in out.items()})
         start += step

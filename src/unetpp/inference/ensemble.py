@@ -75,7 +75,7 @@ class Ensemble:
     dims = property(lambda self: self.members[0].dims)
     data_config = property(lambda self: self.members[0].data_config)
     patch_size = property(lambda self: self.members[0].patch_size)
-    window = property(lambda self: self.members[0].window)
+    window = property(lambda self: self.members[0].window)  # each member tiles with its own
     model = property(lambda self: self.members[0].model)
 
     def resolve(self, mode: str | Mode | None = None, level: int | None = None) -> Mode | None:

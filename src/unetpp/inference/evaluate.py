@@ -1,7 +1,7 @@
 """Per-case Dice and IoU of a run on a dataset, in any mode, and which cases to score.
 
 Scores follow :mod:`unetpp.metrics`: computed per case on the whole image or volume (the
-sliding-window engine, as validation during training), then averaged over cases; per class
+sliding-window engine, tiled as the run's window policy says), then averaged over cases; per class
 1..K-1 for K classes (background is not scored), the foreground for binary tasks.
 **Empty vs empty**: a class absent from both the prediction and the reference scores
 Dice = IoU = 1.0 (a correct "nothing here"); absent from only one of them, 0.0.

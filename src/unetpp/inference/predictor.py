@@ -92,6 +92,13 @@ def read_window_choice(run: str | os.PathLike | None) -> str | None:
     return window["chosen"]
 
 
+def check_window(window: str | None) -> str | None:
+    """``window`` if it is a policy (or None); else one line saying what is."""
+    if window is not None and window not in WINDOWS:
+        raise UnetppError(f"--window must be one of {', '.join(WINDOWS)}, got {window!r}")
+    return window
+
+
 def _normalise(array: np.ndarray, data_config: dict[str, Any]) -> np.ndarray:
     """The data module's normalisation of a raw ``(C, *S)`` array, with the run's statistics."""
     from ..data.normalize import apply_normalization
@@ -133,11 +140,13 @@ class Predictor:
         self.choice = read_prune_choice(self.run)
         #: the run's postprocess.json (chosen on out-of-fold predictions), applied to masks
         self.postprocess = read_postprocess(self.run)
-        #: the sliding window: the training patch as stored (no default of its own)
+        #: the training patch as stored (no default of its own): the patch windows, the
+        #: large windows' smallest
         self.patch_size: tuple[int, ...] = stored_patch_size(config, model.config.dims,
                                                              f"{self.run or 'run'}/config.json")
+        #: how images are tiled (:mod:`.window`): the caller's, prune's choice, else patch
+        self.window = self.window_for(check_window(window) or read_window_choice(self.run) or "patch")
         #: the fast inference copy (BN folded, no autograd, channels_last where it pays)
-        self.window = self.window_for(window or read_window_choice(self.run) or "patch")
         self.fast_model = runtime.optimize_for_inference(self.model, device=self.device)
         self.precision, _ = runtime.choose_precision(self.device, amp)
 

@@ -198,13 +198,17 @@ def choose_window(predictors: list[Any], ds: Any, names: Sequence[str], mode: Mo
     key = "accurate" if mode.name == "accurate" else str(mode.level)
     patch = {"iou": candidates[key]["iou"], "dice": candidates[key]["dice"]}
     first = predictors[0]
-    shapes = {n: tuple(ds.load_case(n).image.shape[1:]) for n in names}
+    shape_of = getattr(ds, "case_shape", None) or (lambda n: tuple(ds.load_case(n).image.shape[1:]))
+    shapes = {n: tuple(shape_of(n)) for n in names}  # on the network's grid, without decoding the case
     patch_size = first.window.patch  # a 2D model on a volume tiles each slice: its last two axes
     larger = sum(any(d > p for d, p in zip(shape[-len(patch_size):], patch_size)) for shape in shapes.values())
-    _set_window(predictors, "large")
     scored: list[dict[str, Any]] = []
-    for member, split in zip(predictors, splits or [{"val": list(names)}]):
-        scored += score_modes(member, ds, split["val"], [mode], tta=tta, progress=progress)[mode]
+    _set_window(predictors, "large")
+    try:
+        for member, split in zip(predictors, splits or [{"val": list(names)}]):
+            scored += score_modes(member, ds, split["val"], [mode], tta=tta, progress=progress)[mode]
+    finally:  # the caller sets the chosen tiling; until then, nnU-Net's
+        _set_window(predictors, "patch")
     s = summarise(mode.name, mode.level, scored)
     large = {"iou": s["iou"], "dice": s["dice"]}
     largest = max(names, key=lambda n: math.prod(shapes[n]))

@@ -183,12 +183,13 @@ def session_network(session: Any) -> Callable[[torch.Tensor], dict[int, torch.Te
 
 def score(network: Callable[[torch.Tensor], dict[int, torch.Tensor]], cases: Sequence[Case], *, dims: int,
           in_channels: int, classes: int, patch_size: Sequence[int], overlap: float = 0.5, batch_size: int = 4,
-          ignore: int | None = None) -> list[float]:
-    """Per-case IoU of ``network`` (whole images through ``predict``'s sliding window)."""
+          ignore: int | None = None, window: Any = None) -> list[float]:
+    """Per-case IoU of ``network`` (whole images tiled as ``predict`` tiles them: ``window``,
+    a :class:`~.window.Window`, else patch windows)."""
     ious = []
     for _, image, label in cases:
         probs = predict_with(network, image, dims=dims, in_channels=in_channels, levels=(0,),
-                             patch_size=patch_size, overlap=overlap, batch_size=batch_size)[0]
+                             patch_size=patch_size, overlap=overlap, batch_size=batch_size, window=window)[0]
         labels = probabilities_to_labels(probs, classes)
         ious.append(float(case_scores(labels, label, classes, ignore=ignore)["iou"]))
     return ious
@@ -197,7 +198,8 @@ def score(network: Callable[[torch.Tensor], dict[int, torch.Tensor]], cases: Seq
 def quantize_checked(data: bytes, how: str, cases: Sequence[Case], *, dims: int, in_channels: int, classes: int,
                      patch_size: Sequence[int], tolerance: float = DEFAULT_TOLERANCE, where: str = "model",
                      ignore: int | None = None, overlap: float = 0.5, batch_size: int = 4,
-                     progress: Callable[[str], None] | None = None) -> tuple[bytes, dict[str, Any]]:
+                     progress: Callable[[str], None] | None = None, window: Any = None
+                     ) -> tuple[bytes, dict[str, Any]]:
     """``(quantized bytes, record)`` of an exported float32 file, or :class:`UnetppError`
     (one line with both IoUs) when it loses more than ``tolerance`` IoU points on ``cases``.
 
@@ -220,7 +222,7 @@ def quantize_checked(data: bytes, how: str, cases: Sequence[Case], *, dims: int,
         quantized = convert_fp16(data)
         record.update(method="float16 weights and activations, float32 input/output")
     kw = dict(dims=dims, in_channels=in_channels, classes=classes, patch_size=patch_size, overlap=overlap,
-              batch_size=batch_size, ignore=ignore)
+              batch_size=batch_size, ignore=ignore, window=window)
     say(f"scoring fp32 and {how} on {len(cases)} case(s)")
     base = score(session_network(onnx_session(data)), cases, **kw)
     try:

@@ -8,7 +8,7 @@ Two policies, both blended by the engine with MONAI's Gaussian sliding window:
 - ``"large"``: the network is fully convolutional, so one window may be as large as memory
   allows. The whole image when it fits in ``budget`` (in voxels × base filters, the size of
   one full-resolution feature map); otherwise as few windows per axis as fit, never smaller
-  than the patch, overlapping by the same number of voxels as patch windows do (the same
+  than the patch, overlapping by at least as many voxels as patch windows do (the same
   blended seam, far fewer seams). Each voxel then runs about once instead of 2^dims times.
 
 Which policy a run predicts with is chosen on validation data by ``unetpp prune`` (the large
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 WINDOWS = ("patch", "large")
 
 #: voxels × base filters of one window: 2**25 float32 values are 128 MiB per full-resolution
-#: feature map (a 1024² image at 32 filters, 4096² at 8; 100³ voxels at 32 filters)
+#: feature map (a 1024² image at 32 filters, 2048² at 8; 100³ voxels at 32 filters)
 DEFAULT_BUDGET = 2 ** 25
 
 
@@ -78,7 +78,9 @@ class Window:
             out = []
             for s, p, m, n, o in zip(spatial, patch, multiple, tiles, seam):
                 w = math.ceil((s + (n - 1) * o) / n)
-                w = min(s, max(p, -(-w // m) * m))  # whole multiples of the padding, never below the patch
+                # whole multiples of the padding, never below the patch; down to the patch itself
+                # once that is enough (rounding up could otherwise keep it above the patch forever)
+                w = min(s, p if w <= p else -(-w // m) * m)
                 out.append(w)
             return out
 
@@ -90,7 +92,17 @@ class Window:
             axis = max(splittable, key=lambda i: window[i] / patch[i])
             tiles[axis] += 1
             window = sizes()
+        # rounding to the padding multiple can leave several tile counts with one window size:
+        # the fewest windows of that size that cover the axis with the seam
+        tiles = [1 if w >= s else -(-(s - o) // (w - o)) for s, w, o in zip(spatial, window, seam)]
         return tuple(window), tuple(_overlap_for(s, w, n) for s, w, n in zip(spatial, window, tiles))
+
+    def per_pass(self, window: Sequence[int], batch_size: int) -> int:
+        """Windows (or whole slices) per forward pass: ``batch_size`` of patch windows; of
+        large ones, as many as the budget holds (at least one, at most ``batch_size``)."""
+        if self.policy == "patch":
+            return max(1, batch_size)
+        return max(1, min(batch_size, self.budget // max(1, self.filters) // max(1, math.prod(window))))
 
 
 def _overlap_for(size: int, window: int, tiles: int) -> float:
