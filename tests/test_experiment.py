@@ -154,6 +154,8 @@ def test_demo_pipeline_and_rerun(dataset, tmp_path, capsys):
     assert report == out / "report.md" and not fetched  # a local dataset: nothing fetched
     text = report.read_text()
     assert "## Held-out metrics" in text and "## Pruning" in text and "| L1" in text
+    window = json.loads((out / "run" / "prune.json").read_text())["window"]
+    assert f"Inference window: **{window['chosen']}**" in text
     for name in ("curves.png", "prune.png", "overlays.png"):
         assert (out / name).read_bytes()[:8] == PNG and f"({name})" in text
     assert list((out / "predictions").glob("*_overlay.png"))

@@ -220,6 +220,9 @@ def test_cli_window_option(small_patch_run, tmp_path, capsys):
                         "--window", "large"], capsys)
     assert code == 0, err
     assert "large windows" in err and len(list((tmp_path / "out").iterdir())) >= 4
+    code, _, err = cli(["evaluate", run, ds.root, "--window", "large", "--json", tmp_path / "eval.json"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "eval.json").read_text())["window"] == "large"
     code, _, err = cli(["evaluate", "--pred", str(tmp_path / "out"), "--ref", str(ds.root / "masks"),
                         "--window", "large"], capsys)
     assert code != 0 and "--window apply to RUN DATA" in err

@@ -151,7 +151,7 @@ def evaluate(predictor: Any, ds: Any, mode: str | Mode | None = None, level: int
     ``empty`` and ``tolerance``).
 
     Returns ``{"mode", "level", "dice", "iou", ["hd95", "nsd"], ["classes": {"dice_1", ...}],
-    "split", "tta", "grid", "cases": [{"case", "dice", "iou", ...}, ...]}``; ``level`` is None
+    "split", "tta", "window", "grid", "cases": [{"case", "dice", "iou", ...}, ...]}``; ``level`` is None
     in accurate mode.
     """
     check_compatible(ds, predictor)
@@ -163,7 +163,8 @@ def evaluate(predictor: Any, ds: Any, mode: str | Mode | None = None, level: int
     scored = score_modes(predictor, ds, names, [mode], tta=tta, progress=progress, native=native,
                          surface=surface, empty=empty, tolerance=tolerance)
     name, lv = (mode.name, mode.level) if mode is not None else ("ensemble", None)
-    return summarise(name, lv, scored[mode], split=source, tta=tta,
+    windows = "/".join(sorted({m.window.policy for m in getattr(predictor, "members", None) or [predictor]}))
+    return summarise(name, lv, scored[mode], split=source, tta=tta, window=windows,
                      grid="native" if native else "network", **({"empty": empty} if surface else {}))
 
 
