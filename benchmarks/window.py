@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,21 +25,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from deploy import timed  # noqa: E402  (this folder: median after a warm-up call)
 from unetpp import create_model  # noqa: E402
 from unetpp.inference.predictor import Predictor  # noqa: E402
 from unetpp.models import Mode  # noqa: E402
 
 CASES = {2: ((512, 512), (96, 96)), 3: ((64, 256, 256), (64, 64, 64))}  # shape, training patch
-
-
-def timed(call, repeats: int) -> float:
-    call()  # warm-up: oneDNN creates its primitives for each new shape
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> int:

@@ -55,13 +55,11 @@ def _load(run: Path, device: str, batch_size: int = 4, model_file: bool = False,
     ``model_file`` also an exported ``.onnx`` file (a deployed model, no run folder)."""
     from ..inference.deployed import is_model_file
     from ..inference.ensemble import load
-
-    from ..inference.window import WINDOWS
+    from ..inference.predictor import check_window
 
     if batch_size < 1:
         raise UnetppError(f"--batch-size must be >= 1, got {batch_size}")
-    if window is not None and window not in WINDOWS:
-        raise UnetppError(f"--window must be one of {', '.join(WINDOWS)}, got {window!r}")
+    check_window(window)  # before the network is loaded
     if is_model_file(run) and not model_file:
         raise UnetppError(f"{run}: a model file; this command takes a run folder (only 'predict' runs a "
                           "model file)")
@@ -168,6 +166,7 @@ def prune(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (from 
     from rich.table import Table
 
     from ..inference.prune import prune as run_prune
+    from ..inference.prune import window_reason
 
     if not 0 <= tolerance <= 100:
         raise UnetppError(f"--tolerance must be between 0 and 100 IoU points, got {tolerance}")
@@ -194,10 +193,7 @@ def prune(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (from 
     out.print(table)
     log(f"chosen: {Mode.from_json(chosen)} (within {tolerance} IoU points of the best); "
         f"wrote {run / 'prune.json'} and {run / 'prune.png'}")
-    w = result["window"]
-    why = ("no validation case is larger than the patch" if not w["cases_larger"] else
-           f"IoU {w['large']['iou'] * 100:.2f} against {w['patch']['iou'] * 100:.2f} with patch windows")
-    log(f"window: {w['chosen']} ({why}; {w['large']['ms']:.0f} against {w['patch']['ms']:.0f} ms on {w['case']})")
+    log(f"window: {result['window']['chosen']} ({window_reason(result['window'], tolerance)})")
 
 
 def predict(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (from 'unetpp train'), "
@@ -233,6 +229,7 @@ def predict(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (fro
     """
     from ..inference.deployed import is_model_file
     from ..inference.predict import MASK_FORMATS, predict_inputs
+    from ..inference.window import window_policies
 
     if mask_format is not None and mask_format not in MASK_FORMATS:
         raise UnetppError(f"--format must be one of {', '.join(MASK_FORMATS)}, got {mask_format!r}")
@@ -241,7 +238,7 @@ def predict(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (fro
         raise UnetppError(f"--onnx {onnx}: RUN {run} is already a model file; give one of them")
     predictor = _load(run, "cpu" if onnx is not None else device, batch_size, model_file=True, window=window)
     ok = {"n": 0}
-    windows = "/".join(sorted({m.window.policy for m in getattr(predictor, "members", None) or [predictor]}))
+    windows = window_policies(predictor)
 
     def started(total: int, settled) -> None:
         engine = f"ONNX Runtime ({onnx})" if onnx is not None else str(predictor.device)

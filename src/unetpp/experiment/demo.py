@@ -342,12 +342,9 @@ def report_markdown(cfg: DemoConfig, state: dict[str, Any], run: Path, ds: Any, 
                      f"{v['iou'] * 100:.2f} | {v['dice'] * 100:.2f} |")
     w = pruned.get("window")
     if w:
-        why = (f"within {pruned['tolerance']:g} IoU points of patch windows" if w["chosen"] == "large" else
-               "no validation tile is larger than the patch" if not w["cases_larger"] else
-               f"large windows lost more than {pruned['tolerance']:g} IoU points")
-        lines += ["", f"Inference window: **{w['chosen']}** ({why}): {pick} scored {w['large']['iou'] * 100:.2f} IoU "
-                      f"with large windows against {w['patch']['iou'] * 100:.2f} with patch windows, in "
-                      f"{w['large']['ms']:.0f} against {w['patch']['ms']:.0f} ms on {w['case']}."]
+        from ..inference.prune import window_reason
+
+        lines += ["", f"Inference window: **{w['chosen']}** for {pick} ({window_reason(w, pruned['tolerance'])})."]
     lines += ["", "![pruning](prune.png)", "", "## Learning curves", "", "![curves](curves.png)", "",
               "## Predictions", "",
               "Image, reference and prediction (chosen mode) per held-out tile:", "", "![overlays](overlays.png)", ""]

@@ -242,11 +242,6 @@ class DeployedPredictor(Predictor):
     def network(self, levels: Sequence[int]) -> Callable[[torch.Tensor], dict[int, torch.Tensor]]:
         return self.network_file
 
-    def window_for(self, policy: str) -> Window:
-        """The :class:`~.window.Window` of ``policy`` with the file's patch and padding."""
-        return Window(policy, self.patch_size, self.overlap, multiple=self.window.multiple,
-                      filters=self.window.filters)
-
     def _need_data(self) -> None:
         if not self.data_config.get("normalization"):
             raise RunError(f"{self.path}: exported from a run without a data config; it cannot prepare raw "

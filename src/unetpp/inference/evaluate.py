@@ -31,6 +31,7 @@ from ..metrics import case_scores, mean_scores
 from ..models.mode import Mode, combine_heads
 from .engine import probabilities_to_labels
 from .postprocess import apply as apply_postprocess
+from .window import window_policies
 
 #: ``progress(done, total, case_name)`` after each case.
 Progress = Callable[[int, int, str], None]
@@ -163,8 +164,7 @@ def evaluate(predictor: Any, ds: Any, mode: str | Mode | None = None, level: int
     scored = score_modes(predictor, ds, names, [mode], tta=tta, progress=progress, native=native,
                          surface=surface, empty=empty, tolerance=tolerance)
     name, lv = (mode.name, mode.level) if mode is not None else ("ensemble", None)
-    windows = "/".join(sorted({m.window.policy for m in getattr(predictor, "members", None) or [predictor]}))
-    return summarise(name, lv, scored[mode], split=source, tta=tta, window=windows,
+    return summarise(name, lv, scored[mode], split=source, tta=tta, window=window_policies(predictor),
                      grid="native" if native else "network", **({"empty": empty} if surface else {}))
 
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,9 @@ class Predictor:
         self.patch_size: tuple[int, ...] = stored_patch_size(config, model.config.dims,
                                                              f"{self.run or 'run'}/config.json")
         #: how images are tiled (:mod:`.window`): the caller's, prune's choice, else patch
-        self.window = self.window_for(check_window(window) or read_window_choice(self.run) or "patch")
+        self.window = Window(check_window(window) or read_window_choice(self.run) or "patch", self.patch_size,
+                             self.overlap, multiple=tuple(model.config.pad_multiple),
+                             filters=model.config.base_filters)
         #: the fast inference copy (BN folded, no autograd, channels_last where it pays)
         self.fast_model = runtime.optimize_for_inference(self.model, device=self.device)
         self.precision, _ = runtime.choose_precision(self.device, amp)
@@ -176,10 +179,8 @@ class Predictor:
         return self.model.config.dims
 
     def window_for(self, policy: str) -> Window:
-        """The :class:`~.window.Window` of ``policy`` for this model and its training patch."""
-        cfg = self.model.config
-        return Window(policy, self.patch_size, self.overlap, multiple=tuple(cfg.pad_multiple),
-                      filters=cfg.base_filters)
+        """The predictor's :class:`~.window.Window` (its patch, padding, filters) with ``policy``."""
+        return replace(self.window, policy=policy)
 
     def default_mode(self) -> Mode:
         """prune.json's choice; else accurate (deep supervision) or the one head."""

@@ -141,7 +141,7 @@ def prune(predictor: Any, ds: Any, tolerance: float = 0.5, repeats: int = 10, wa
     multi = len(predictor.levels) > 1
     modes = [Mode.fast(lv) for lv in predictor.levels] + ([Mode.accurate()] if multi else [])
     members = getattr(predictor, "members", None)
-    _set_window(predictor, "patch")  # levels are scored as nnU-Net tiles; large windows after
+    _set_window(members or [predictor], "patch")  # levels are scored as nnU-Net tiles; large windows after
     if members is not None:  # a cross-validation: every case scored by the fold that did not train on it
         names, source, scored = _out_of_fold(predictor, ds, modes, tta, progress)
         predictor = members[0]
@@ -178,10 +178,23 @@ def prune(predictor: Any, ds: Any, tolerance: float = 0.5, repeats: int = 10, wa
     return result
 
 
-def _set_window(predictors: Any, policy: str) -> None:
-    """Every predictor (a list, or one predictor, an ensemble's members) tiles with ``policy``."""
-    for p in predictors if isinstance(predictors, list) else getattr(predictors, "members", None) or [predictors]:
+def _set_window(predictors: list[Any], policy: str) -> None:
+    """Every predictor (an ensemble's members) tiles with ``policy`` from now on."""
+    for p in predictors:
         p.window = p.window_for(policy)
+
+
+def window_reason(window: dict[str, Any], tolerance: float) -> str:
+    """Why ``prune.json["window"]`` chose what it chose, with its IoUs and times, in one line."""
+    if window["chosen"] == "large":
+        why = f"within {tolerance:g} IoU points of patch windows"
+    elif not window["cases_larger"]:
+        why = "no validation case is larger than the patch"
+    else:
+        why = f"large windows lost more than {tolerance:g} IoU points"
+    return (f"{why}: IoU {window['large']['iou'] * 100:.2f} with large windows against "
+            f"{window['patch']['iou'] * 100:.2f} with patch windows, {window['large']['ms']:.0f} against "
+            f"{window['patch']['ms']:.0f} ms on {window['case']}")
 
 
 def _splits(cv_folder: Any) -> list[dict[str, Any]]:

@@ -105,6 +105,13 @@ class Window:
         return max(1, min(batch_size, self.budget // max(1, self.filters) // max(1, math.prod(window))))
 
 
+def window_policies(predictor: object) -> str:
+    """The policy a predictor tiles with (``"large"``); an ensemble's members' joined by
+    ``/`` when they differ (``"large/patch"``)."""
+    members = getattr(predictor, "members", None) or [predictor]
+    return "/".join(sorted({m.window.policy for m in members}))
+
+
 def _overlap_for(size: int, window: int, tiles: int) -> float:
     """The overlap fraction for which MONAI's interval ``int(window * (1 - overlap))`` puts
     ``tiles`` windows of ``window`` across ``size`` (the last one flush with the end)."""
@@ -116,4 +123,4 @@ def _overlap_for(size: int, window: int, tiles: int) -> float:
     return max(0.0, (window - step) / window - 0.5 / window)
 
 
-__all__ = ["DEFAULT_BUDGET", "WINDOWS", "Window"]
+__all__ = ["DEFAULT_BUDGET", "WINDOWS", "Window", "window_policies"]
