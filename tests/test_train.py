@@ -71,7 +71,7 @@ def test_metrics_csv_columns(trained):
     with (trained / "metrics.csv").open() as f:
         header = next(csv.reader(f))
     assert header == ["epoch", "train_loss", "val_dice_1", "val_iou_1", "val_dice_2", "val_iou_2",
-                      "val_dice", "val_iou", "val_score", "seconds", "lr"]
+                      "val_dice", "val_iou", "val_score", "seconds", "train_seconds", "lr"]
     rows = read_metrics(trained)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     for r in rows:
@@ -146,7 +146,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(dataset, tmp_pat
 
     _same_tensors(straight / "model.safetensors", stopped / "model.safetensors")
     _same_tensors(straight / "last" / CHECKPOINT, stopped / "last" / CHECKPOINT)
-    assert read_metrics(straight) == [dict(r, seconds=s["seconds"]) for r, s in
+    assert read_metrics(straight) == [dict(r, seconds=s["seconds"], train_seconds=s["train_seconds"]) for r, s in
                                       zip(read_metrics(stopped), read_metrics(straight))]
     # resuming a finished run does nothing, and says so
     train(TrainConfig(out=str(stopped), resume=True, data=str(dataset)))

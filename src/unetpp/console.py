@@ -87,9 +87,9 @@ class Progress:
                 self.bar.remove_task(self.task)
             self.task = self.bar.add_task(description, total=total, completed=done, info="")
 
-    def advance(self, info: str = "") -> None:
+    def advance(self, info: str = "", steps: int = 1) -> None:
         if self.bar is not None and self.task is not None:
-            self.bar.update(self.task, advance=1, info=info)
+            self.bar.update(self.task, advance=steps, info=info)
 
     def log(self, message: str) -> None:
         if self.quiet:

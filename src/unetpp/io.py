@@ -100,9 +100,11 @@ def read_json(path: str | os.PathLike, max_bytes: int = 16 * 2**20) -> Any:
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
-                 metadata: dict[str, str] | None = None) -> Path:
-    """Save tensors as safetensors, atomically. Shared or non-contiguous tensors are copied."""
-    clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+                 metadata: dict[str, str] | None = None, copy: bool = True) -> Path:
+    """Save tensors as safetensors, atomically. Shared or non-contiguous tensors are copied;
+    ``copy=False``: ``tensors`` are already private contiguous CPU tensors (a snapshot), so
+    hundreds of MB are not copied once more."""
+    clean = ({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()} if copy else tensors)
     return atomic_write_bytes(path, st_save(clean, metadata=metadata))
 
 

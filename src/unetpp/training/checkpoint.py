@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,25 +94,85 @@ def _optimizer_from_parts(meta: dict[str, Any], tensors: dict[str, torch.Tensor]
 
 
 # ---------------------------------------------------------------------- save / load
-def save_checkpoint(run: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    state: dict[str, Any], scaler: Any | None = None) -> Path:
-    """Write ``RUN/last/checkpoint.safetensors`` (atomically) and ``RUN/last/state.json``.
+@dataclass
+class Snapshot:
+    """A resume point taken at one instant, ready to be written by another thread.
 
-    ``state``: JSON-serialisable training state (epoch, step, best score, ...).
+    ``tensors`` are private CPU copies (training may go on changing the originals);
+    ``state`` is the JSON part (counters, optimiser groups, RNG, scaler).
     """
-    last = Path(run) / LAST
-    rng_json, rng_tensors = rng_state()
+
+    tensors: dict[str, torch.Tensor]
+    state: dict[str, Any]
+
+    @property
+    def epoch(self) -> int:
+        return int(self.state["train"].get("epoch", 0))
+
+
+def cpu_copy(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Private contiguous CPU copies of ``tensors`` (a device tensor is copied once, to the CPU)."""
+    out = {}
+    for k, v in tensors.items():
+        v = v.detach()
+        out[k] = v.to("cpu").contiguous() if v.device.type != "cpu" else v.contiguous().clone()
+    return out
+
+
+def snapshot_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
+                        scaler: Any | None = None,
+                        rng: tuple[dict[str, Any], dict[str, torch.Tensor]] | None = None,
+                        rows: list[dict[str, Any]] | None = None) -> Snapshot:
+    """Everything :func:`write_checkpoint` needs, copied now (weights, Adam's state, RNG).
+
+    ``rng``: the RNG state to store (a mid-epoch checkpoint stores its epoch's start);
+    default: the generators' state now. ``rows``: the metrics rows of the completed epochs,
+    so that a resumed run has every row even when it was killed after the checkpoint was
+    written but before ``metrics.csv`` was (:func:`checkpoint_rows`).
+    """
+    rng_json, rng_tensors = rng if rng is not None else rng_state()
     optim_json, optim_tensors = _optimizer_to_parts(optimizer)
-    full = {"format": FORMAT, "format_version": FORMAT_VERSION, "train": state, "rng": rng_json,
-            "optimizer": optim_json,
+    full = {"format": FORMAT, "format_version": FORMAT_VERSION, "train": json.loads(json.dumps(state)),
+            "rng": json.loads(json.dumps(rng_json)), "optimizer": json.loads(json.dumps(optim_json)),
             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None}
+    if rows is not None:
+        full["rows"] = [dict(r) for r in rows]
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update(optim_tensors)
     tensors.update(rng_tensors)
+    return Snapshot(cpu_copy(tensors), full)
+
+
+def write_checkpoint(run: str | Path, snapshot: Snapshot) -> Path:
+    """Write ``RUN/last/checkpoint.safetensors`` (atomically) and ``RUN/last/state.json``."""
+    last = Path(run) / LAST
     # the readable copy first: wherever a checkpoint exists, a state.json exists too (after a
     # kill between the two writes it may be one save ahead; loading reads the checkpoint only)
-    atomic_write_json(last / "state.json", {k: v for k, v in full.items() if k != "rng"})
-    return save_tensors(last / CHECKPOINT, tensors, metadata={"state": json.dumps(full)})
+    atomic_write_json(last / "state.json", {k: v for k, v in snapshot.state.items() if k not in ("rng", "rows")})
+    return save_tensors(last / CHECKPOINT, snapshot.tensors, metadata={"state": json.dumps(snapshot.state)},
+                        copy=False)
+
+
+def save_checkpoint(run: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    state: dict[str, Any], scaler: Any | None = None) -> Path:
+    """Write ``RUN/last/checkpoint.safetensors`` (atomically) and ``RUN/last/state.json`` now.
+
+    ``state``: JSON-serialisable training state (epoch, step, best score, ...). Training
+    writes in the background instead (:class:`unetpp.training.saver.RunWriter`).
+    """
+    return write_checkpoint(run, snapshot_checkpoint(model, optimizer, state, scaler))
+
+
+def checkpoint_rows(run: str | Path) -> list[dict[str, Any]] | None:
+    """The metrics rows stored with ``RUN/last/`` (None for a checkpoint without them)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(Path(run) / LAST / CHECKPOINT), framework="pt") as f:
+            rows = json.loads((f.metadata() or {})["state"]).get("rows")
+    except Exception:  # noqa: BLE001 - load_checkpoint has already said what is wrong with the file
+        return None
+    return rows if isinstance(rows, list) else None
 
 
 def has_checkpoint(run: str | Path) -> bool:

@@ -41,15 +41,19 @@ from .. import runtime
 from ..console import Progress, log
 from ..errors import RunError, UnetppError
 from ..models import ModelConfig, build_model
-from ..run import WEIGHTS, check_model_size, make_run_config, read_run_config, save_weights, write_run_config
+from ..run import WEIGHTS, check_model_size, make_run_config, read_run_config, write_run_config
 from . import distributed
-from .checkpoint import has_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import checkpoint_rows, has_checkpoint, load_checkpoint, rng_state, snapshot_checkpoint
 from .config import TrainConfig, as_config, merge_for_resume, settle
 from .loss import DeepSupervisionLoss
 from .records import Records
 from .runlock import LOCK, hold_run
+from .saver import EpochFiles, RunWriter
 from .stops import StopRequest, TrainingError, TrainingInterrupted
 from .validate import Validator, monitor_score, validation_every
+
+#: on a GPU, steps between reads of the loss (a read waits for the queued kernels)
+SYNC_EVERY = 16
 
 
 # ------------------------------------------------------------------------------ train()
@@ -86,14 +90,21 @@ def train(config: TrainConfig | dict[str, Any] | None = None, **overrides: Any) 
 
 
 def _start_or_resume(cfg: TrainConfig, run: Path) -> tuple[TrainConfig, dict[str, Any] | None]:
-    """The config to train with and, when resuming, the run's stored config.json."""
-    if cfg.resume == "auto":  # resume a run that has a checkpoint, else start it (again)
-        resumable = (run / "config.json").is_file() and has_checkpoint(run)
-        if not resumable and (run / "config.json").is_file():  # ours, stopped before its first checkpoint
+    """The config to train with and, when resuming, the run's stored config.json.
+
+    A run folder without a checkpoint yet (killed before its first epoch ended) has nothing
+    to resume: ``--resume`` (and ``resume="auto"``) start it, with the settings it was
+    started with (``--resume``) or those given (``"auto"``)."""
+    if cfg.resume and cfg.out and not has_checkpoint(run):
+        if (run / "config.json").is_file():  # ours, stopped before its first checkpoint
+            if cfg.resume is True:
+                stored = read_run_config(run).get("train", {})
+                cfg = merge_for_resume(stored, cfg, run)
             for item in run.iterdir():
                 if item.name != LOCK:
                     shutil.rmtree(item) if item.is_dir() else item.unlink()
-        cfg = cfg.replace(resume=resumable)
+            log(f"{run}: no checkpoint yet (stopped before its first epoch ended); starting the run")
+        cfg = cfg.replace(resume=False)
     if not cfg.resume:
         cfg.validate()
         if run.exists() and (not run.is_dir() or any(p.name != LOCK for p in run.iterdir())):
@@ -105,9 +116,6 @@ def _start_or_resume(cfg: TrainConfig, run: Path) -> tuple[TrainConfig, dict[str
         raise UnetppError("--out: no run folder given to resume")
     saved = read_run_config(run)
     cfg = merge_for_resume(saved.get("train", {}), cfg, run)
-    if not has_checkpoint(run):
-        raise RunError(f"{run}/last: missing; nothing to resume (the run stopped before its first "
-                       "checkpoint: delete the folder and start again)")
     split = saved.get("split")
     if not split or not split.get("train") or not split.get("val"):
         raise RunError(f"{run}/config.json: no train/val split stored; cannot resume")
@@ -235,16 +243,10 @@ def _train(cfg: TrainConfig, run: Path, ds: Any, saved: dict[str, Any] | None, d
         progress.close()
         return run
 
-    def checkpoint(epoch_done: int, step: int, rng: Any = None) -> None:
-        """RUN/last/; a mid-epoch checkpoint stores the RNG of its epoch's start."""
-        if main and rng is None:
-            save_checkpoint(run, model, p.optimizer, dict(state, epoch=epoch_done, step=step), p.scaler)
-        elif main:
-            now = rng_state()
-            set_rng_state(*rng)
-            save_checkpoint(run, model, p.optimizer, dict(state, epoch=epoch_done, step=step), p.scaler)
-            set_rng_state(*now)
-        distributed.barrier(info)
+    def snapshot(epoch_done: int, step: int, rng: Any = None) -> Any:
+        """RUN/last/'s content now (a mid-epoch one stores the RNG of its epoch's start)."""
+        return snapshot_checkpoint(model, p.optimizer, dict(state, epoch=epoch_done, step=step), p.scaler,
+                                   rng=rng, rows=records.rows) if main else None
 
     def interrupted(signum: int, where: str) -> TrainingInterrupted:
         return TrainingInterrupted(f"interrupted by {signal.Signals(signum).name} {where}; a resumable state is "
@@ -252,9 +254,15 @@ def _train(cfg: TrainConfig, run: Path, ds: Any, saved: dict[str, Any] | None, d
                                    signum)
 
     records = Records(run, f"{p.model_config.arch} ({p.model_config.preset}, {p.model_config.dims}D)",
-                      state["epoch"], enabled=main, tensorboard=cfg.tensorboard)
-    # one collective per step carries: a stop request, a non-finite loss, the loss itself
-    flags = torch.zeros(3, dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
+                      state["epoch"], enabled=main, tensorboard=cfg.tensorboard,
+                      rows=checkpoint_rows(run) if saved is not None and main else None)
+    writer = RunWriter(run, WEIGHTS, records.write, enabled=main)  # the files, in the background
+    # The host reads the device every `sync_every` steps only (a read waits for the GPU): the
+    # stop request, the non-finite count, the first non-finite step and the loss sum travel in
+    # one tensor (one all-reduce under torchrun). On the CPU a read costs nothing: every step,
+    # so a non-finite loss is caught before its update.
+    sync_every = 1 if device.type == "cpu" else SYNC_EVERY
+    stats_device = device if device.type == "cuda" else torch.device("cpu")
     start_epoch = state["epoch"] + 1  # the first epoch not completed (maybe partly done)
     with StopRequest(main) as stop:
         try:
@@ -265,41 +273,42 @@ def _train(cfg: TrainConfig, run: Path, ds: Any, saved: dict[str, Any] | None, d
                     epoch_rng = rng_state()
                     state.update(loss_sum=0.0, loss_steps=0, seconds=0.0)
                 p.loader.set_epoch(epoch)
-                progress.start(f"epoch {epoch}/{cfg.epochs}", len(p.loader) if hasattr(p.loader, "__len__") else None,
-                               skip)
+                steps = len(p.loader)
+                progress.start(f"epoch {epoch}/{cfg.epochs}", steps, skip)
                 p.net.train()
-                step = 0
+                step, since_sync, stop_flag = 0, 0, 0.0
+                stats = torch.zeros(5, dtype=torch.float64, device=stats_device)  # see _count
                 for step, (image, label) in enumerate(p.loader, start=1):
                     if step <= skip:
                         continue  # replayed up to where the interrupted run stopped
-                    # ---- the step: forward, loss, one all-reduce, backward, update
+                    # ---- the step: forward, loss, (every sync_every steps: one read), backward, update
                     image = p.setup.prepare(image.to(device, non_blocking=True))
                     label = label.to(device, non_blocking=True)
                     with p.setup.autocast():
                         outputs = p.net(image)
                     loss = p.criterion(outputs, label)
-                    finite = bool(torch.isfinite(loss))
-                    flags[0], flags[1] = float(stop.signum is not None), 0.0 if finite else 1.0
-                    flags[2] = loss.detach().double() if finite else 0.0
-                    distributed.all_reduce_sum(flags, info)
-                    if flags[1] > 0:
-                        what = f"loss is {loss.item()}" if not finite else "loss is not finite on another process"
-                        raise TrainingError(
-                            f"{what} at epoch {epoch}, step {step}: training stopped; {run}/last keeps the last "
-                            f"good state and {run}/{WEIGHTS} the best weights so far (try a lower --lr, or "
-                            "leave out --amp)")
+                    _count(stats, loss.detach(), step)
+                    since_sync += 1
+                    if since_sync == sync_every or step == steps:
+                        stop_flag, bad, first_bad, loss_sum = _sync(stats, stop.signum is not None, info)
+                        if bad is not None:
+                            what = f"loss is {bad} at" if first_bad else "loss is not finite on another process at"
+                            raise TrainingError(
+                                f"{what} epoch {epoch}, step {first_bad or step}: training stopped; {run}/last keeps "
+                                f"the last good state and {run}/{WEIGHTS} the best weights so far (try a lower --lr, "
+                                "or leave out --amp)")
+                        step_loss = loss_sum / info.world_size / since_sync
+                        state["loss_sum"] += loss_sum / info.world_size
+                        state["loss_steps"] += since_sync
+                        progress.advance(f"loss {step_loss:.4f}", since_sync)
+                        since_sync = 0
                     p.optimizer.zero_grad(set_to_none=True)
                     p.scaler.scale(loss).backward()
                     p.scaler.step(p.optimizer)
                     p.scaler.update()
-                    # ---- bookkeeping
-                    step_loss = float(flags[2]) / info.world_size
-                    state["loss_sum"] += step_loss
-                    state["loss_steps"] += 1
-                    progress.advance(f"loss {step_loss:.4f}")
-                    if flags[0] > 0:
+                    if since_sync == 0 and stop_flag > 0:
                         state["seconds"] += time.perf_counter() - t0
-                        checkpoint(epoch - 1, step, rng=epoch_rng)
+                        writer.submit(EpochFiles(snapshot(epoch - 1, step, rng=epoch_rng)))
                         raise interrupted(stop.signum or signal.SIGTERM, f"at epoch {epoch}, step {step}")
                 if state["loss_steps"] == 0:
                     raise TrainingError(f"epoch {epoch}: the loader gave no batches (step {step})")
@@ -308,9 +317,9 @@ def _train(cfg: TrainConfig, run: Path, ds: Any, saved: dict[str, Any] | None, d
                 last = epoch == cfg.epochs or (cfg.max_minutes is not None and
                                                (state["train_seconds"] + train_seconds) / 60 >= cfg.max_minutes)
                 scores = p.validator(model) if epoch % p.val_every == 0 or last else None
-                improved = _end_epoch(epoch, scores, state, records, p, run, main, t0, train_seconds)
-                checkpoint(epoch, 0)
-                _log_epoch(progress, epoch, cfg.epochs, records.rows[-1], scores, levels, state, improved)
+                best = _end_epoch(epoch, scores, state, records, p, t0, train_seconds)
+                writer.submit(EpochFiles(snapshot(epoch, 0), best=best, rows=list(records.rows)))
+                _log_epoch(progress, epoch, cfg.epochs, records.rows[-1], scores, levels, state, best is not None)
                 if stop.signum is not None:  # arrived during validation: the epoch is saved whole
                     raise interrupted(stop.signum, f"after epoch {epoch}")
                 if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
@@ -321,6 +330,11 @@ def _train(cfg: TrainConfig, run: Path, ds: Any, saved: dict[str, Any] | None, d
                     progress.log(f"time budget of {cfg.max_minutes:g} min reached after epoch {epoch}; "
                                  "give --resume with a larger --epochs or --max-minutes to go on")
                     break
+        except BaseException:
+            _close_quietly(writer)  # the last snapshot still lands; the first error is the one raised
+            raise
+        else:
+            writer.close()
         finally:
             records.close()
             progress.close()
@@ -355,30 +369,65 @@ def _announce(cfg: TrainConfig, run: Path, p: _Parts, state: dict[str, Any], res
 
 
 def _end_epoch(epoch: int, scores: dict[str, float] | None, state: dict[str, Any], records: Records,
-               p: _Parts, run: Path, main: bool, t0: float, train_seconds: float) -> bool:
-    """Score the epoch (if validated), keep the best weights, record the row; True when it
-    improved. Patience counts epochs, validated or not."""
+               p: _Parts, t0: float, train_seconds: float) -> dict[str, str] | None:
+    """Score the epoch (if validated) and record its row; when it improved, the metadata of
+    the best weights to write (else None). Patience counts epochs, validated or not."""
     state["seconds"] += time.perf_counter() - t0
     state["train_seconds"] += train_seconds
-    improved = False
+    best = None
     if scores is None:  # not validated this epoch: the row says so with NaN
         scores = {k: float("nan") for k in Validator.keys(tuple(p.model.levels))}
         score = float("nan")
     else:
         score = monitor_score(scores, p.cfg.monitor, tuple(p.model.levels))
-        improved = state["best_score"] is None or score > state["best_score"]
-        if improved:
+        if state["best_score"] is None or score > state["best_score"]:
             state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
-            if main:
-                save_weights(run / WEIGHTS, p.model, metadata={"epoch": str(epoch), "score": repr(score),
-                                                              "monitor": p.cfg.monitor})
+            best = {"epoch": str(epoch), "score": repr(score), "monitor": p.cfg.monitor}
         else:
             state["bad_epochs"] += epoch - state.get("validated_epoch", epoch - 1)
         state["validated_epoch"] = epoch
     records.add({"epoch": epoch, "train_loss": state["loss_sum"] / state["loss_steps"], **scores,
-                 "val_score": score, "seconds": state["seconds"], "lr": p.optimizer.param_groups[0]["lr"]})
+                 "val_score": score, "seconds": state["seconds"], "train_seconds": train_seconds,
+                 "lr": p.optimizer.param_groups[0]["lr"]})
     state["step"] = 0
-    return improved
+    return best
+
+
+def _count(stats: torch.Tensor, loss: torch.Tensor, step: int) -> None:
+    """Add a step's loss to ``stats`` on its device, without reading it: ``[stop, non-finite
+    steps, first non-finite step, its loss, sum of finite losses]`` (slot 0: :func:`_sync`)."""
+    finite = torch.isfinite(loss).to(stats.device)
+    value = loss.to(stats.device, torch.float64)
+    first = (stats[2] == 0) & ~finite
+    stats[1] += (~finite).double()
+    stats[3] = torch.where(first, value, stats[3])
+    stats[2] = torch.where(first, torch.full_like(stats[2], step), stats[2])
+    stats[4] += torch.where(finite, value, torch.zeros_like(value))
+
+
+def _sync(stats: torch.Tensor, stop: bool, info: distributed.DistInfo) -> tuple[float, Any, int, float]:
+    """One read of ``stats`` (all-reduced under torchrun, so every process stops at the same
+    step); resets it. Returns ``(stop, bad, first_bad, loss_sum)``: ``bad`` is None when every
+    loss was finite, else the first non-finite loss (``first_bad``: its step; 0 when it was
+    another process's, whose step this one does not know)."""
+    local = stats.tolist() if info.world_size > 1 else None  # whose the non-finite loss was
+    stats[0] = float(stop)
+    distributed.all_reduce_sum(stats, info)
+    values = stats.tolist()
+    stats.zero_()
+    if values[1] == 0:
+        return values[0], None, 0, values[4]
+    source = values if local is None else local if local[1] > 0 else None
+    if source is None:
+        return values[0], "not finite", 0, values[4]
+    return values[0], source[3], int(source[2]), values[4]
+
+
+def _close_quietly(writer: RunWriter) -> None:
+    try:
+        writer.close()
+    except Exception as e:  # noqa: BLE001 - an error is already on its way out
+        log(f"warning: writing the run's files failed too: {e}")
 
 
 def _log_epoch(progress: Progress, epoch: int, epochs: int, row: dict[str, Any], scores: dict[str, float] | None,

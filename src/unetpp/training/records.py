@@ -48,42 +48,61 @@ def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
 class Records:
     """metrics.csv, curves.png and TensorBoard of one run (rank 0 writes; others keep none).
 
+    ``add`` keeps an epoch's row in memory; ``write`` (called by the run's background writer
+    once that epoch's checkpoint is on disk, :mod:`unetpp.training.saver`) writes the rows.
+
     Args:
         run: the run folder.
         title: the curves' title.
         resumed_epoch: the last completed epoch of a resumed run (its rows are kept), or 0.
+        rows: the rows of a resumed run as its checkpoint stored them (default: metrics.csv's).
         enabled: False on the non-main ranks of a torchrun job.
         tensorboard: write a TensorBoard log in ``RUN/tensorboard`` if it is installed.
     """
 
     def __init__(self, run: Path, title: str, resumed_epoch: int = 0, enabled: bool = True,
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, rows: list[dict[str, Any]] | None = None):
         self.run, self.title, self.enabled = run, title, enabled
-        self.rows = read_metrics(run / METRICS, resumed_epoch) if enabled else []
+        if not enabled:
+            self.rows: list[dict[str, Any]] = []
+        elif rows is not None:
+            self.rows = [r for r in rows if r["epoch"] <= resumed_epoch]
+        else:
+            self.rows = read_metrics(run / METRICS, resumed_epoch)
         self.tb = _tensorboard(run, tensorboard) if enabled else None
+        self.tb_epoch = resumed_epoch  # the last epoch whose scalars went to TensorBoard
         self.plotted_at = time.perf_counter()
 
     def add(self, row: dict[str, Any]) -> None:
-        """Append an epoch's row; rewrite metrics.csv, redraw the curves now and then."""
+        """Keep an epoch's row (written by :meth:`write`)."""
         self.rows.append(row)
-        if not self.enabled:
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        """Write metrics.csv as ``rows``; TensorBoard gets the rows it has not seen; the curves
+        are redrawn now and then (drawing costs ~1 s)."""
+        if not self.enabled or not rows:
             return
-        write_metrics(self.run / METRICS, self.rows)
-        if time.perf_counter() - self.plotted_at >= PLOT_EVERY_S:  # drawing costs ~1 s
-            self.plot()
+        write_metrics(self.run / METRICS, rows)
+        if time.perf_counter() - self.plotted_at >= PLOT_EVERY_S:
+            self.plot(rows)
         if self.tb is not None:
-            for k, v in row.items():
-                if k != "epoch":
-                    self.tb.add_scalar(k, v, row["epoch"])
+            for row in rows:
+                if row["epoch"] > self.tb_epoch:
+                    for k, v in row.items():
+                        if k != "epoch":
+                            self.tb.add_scalar(k, v, row["epoch"])
+                    self.tb_epoch = row["epoch"]
             self.tb.flush()
 
-    def plot(self) -> None:
-        plot_curves(self.rows, self.run / CURVES, title=self.title)
+    def plot(self, rows: list[dict[str, Any]] | None = None) -> None:
+        plot_curves(self.rows if rows is None else rows, self.run / CURVES, title=self.title)
         self.plotted_at = time.perf_counter()
 
     def close(self) -> None:
-        if self.enabled and self.rows:
-            self.plot()
+        """The final curves (call after the writer is flushed: they draw the written rows)."""
+        written = read_metrics(self.run / METRICS, 10**9) if self.enabled else []
+        if written:
+            self.plot(written)
         if self.tb is not None:
             self.tb.close()
 
