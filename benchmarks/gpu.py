@@ -1,8 +1,9 @@
-"""UNet++ on one CUDA GPU: inference and training speed of the paper's network, in one run
-of at most ~5 minutes (issue 17 item 5). Writes ``gpu.json`` and ``gpu.md`` into ``--out``.
+"""UNet++ on one CUDA GPU: inference and training speed of the paper's network, and the
+real `unetpp train` on CT-like volumes, in one run of at most 6 minutes (issue 17 item 5,
+issue 21 item 7). Writes ``gpu.json`` and ``gpu.md`` into ``--out``.
 
     python benchmarks/gpu.py --out docs/results/gpu        # on a machine with a CUDA PyTorch
-    python benchmarks/gpu.py --dry-run --out /tmp/gpu      # CPU, tiny sizes, ~25 s: the code paths
+    python benchmarks/gpu.py --dry-run --out /tmp/gpu      # CPU, tiny sizes, ~1 min: the code paths
 
 What it measures (random weights: speed does not depend on them):
 1. Inference, seconds per image through the real Predictor path (BN-folded copy, sliding
@@ -15,22 +16,27 @@ What it measures (random weights: speed does not depend on them):
    Adam) at its default batches (8 x 96^2 in 2D, 2 x 64^3 in 3D): fp32, bf16 AMP, bf16 +
    channels_last, bf16 + channels_last + torch.compile (`--compile` on CUDA; compile time
    apart, in a child process). Plus the machine: GPU, torch, CUDA, cuDNN, TF32 switches.
+3. `unetpp train` itself, 3D then 2D, about a minute each on generated CT-like volumes: wall
+   time, start-up, the share spent in training steps, samples/s and MFU (gpu_train.py).
 
 Time: a row times 3 calls (training: 10 steps) after a warm-up, fewer past ~10 s. Sections
-end at 40 % (inference), 60 % (training), 70 % (ONNX Runtime) and 100 % (compile) of --budget
-(default 250 s from the start, imports included): rows past their section's end are skipped
-with a note instead of overrunning, and a compile still running then is killed.
+end at 22 % (inference), 31 % (training), 35 % (ONNX Runtime), 47 % (compile) and 100 %
+(`unetpp train`) of --budget (default 340 s from the start, imports included): rows past their
+section's end are skipped with a note instead of overrunning, a compile still running then is
+killed, and the training runs get what is left (--max-minutes 1, or less if that does not fit).
 
 On this workplace's GPU machine (the `run` device tool): its own ``python3`` (Python 3.12,
 /opt/torch/.venv) holds a CUDA torch, Triton, numpy, safetensors, rich and onnxruntime, but
 no MONAI, which the sliding window imports. This repo's ``.venv`` cannot go along (1.5 GB
 against the 64 MiB carry limit; its python is a link into this machine's pyenv; its torch is
-a CPU wheel), and nothing can be installed there. So carry MONAI alone (pure Python, 16 MB):
-this script appends every ``.venv/lib/python3*/site-packages`` to the *end* of sys.path, so
-the machine's packages (its CUDA torch) win and only what it lacks comes from there::
+a CPU wheel), and nothing can be installed there. So carry MONAI and nibabel (NIfTI, for the
+`unetpp train` section), both pure Python: this script (and the children it starts) appends
+every ``.venv/lib/python3*/site-packages`` to the *end* of sys.path, so the machine's packages
+(its CUDA torch) win and only what it lacks comes from there::
 
     run(command="PYTHONUNBUFFERED=1 python3 benchmarks/gpu.py --out $OUT/gpu",
-        carry=[".venv/lib/python3.11/site-packages/monai"], timeout_s=420)
+        carry=[".venv/lib/python3.11/site-packages/monai",
+               ".venv/lib/python3.11/site-packages/nibabel"], timeout_s=420)
 
 Without a CUDA torch (e.g. ``.venv/bin/python`` here) it prints one line saying so and exits 2.
 """
@@ -54,24 +60,24 @@ from typing import Any, Callable
 START = time.monotonic()  # the budget counts from here: imports included
 import torch  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-for _site in sorted(ROOT.glob(".venv/lib/python3*/site-packages")):  # after the interpreter's own
-    if str(_site) not in sys.path:
-        sys.path.append(str(_site))
+sys.path.append(str(Path(__file__).resolve().parent))  # gpu_train.py beside this file
+import gpu_train  # noqa: E402
 
+gpu_train.add_paths()  # src/ first, .venv's site-packages after the interpreter's own
 import unetpp  # noqa: E402
 from unetpp import create_model, runtime  # noqa: E402
 from unetpp.inference.predictor import Predictor  # noqa: E402
 from unetpp.io import atomic_write_json, atomic_write_text  # noqa: E402
 from unetpp.models import Mode  # noqa: E402
 from unetpp.training.loss import DeepSupervisionLoss  # noqa: E402
+from unetpp.training.memory import step_memory  # noqa: E402
 
 # ----------------------------------------------------------------------------- sizes
+# training rows at issue 21's goal sizes (2D 32 x 256^2, 3D 2 x 128^3); inference windows at the patch
 FULL = dict(image={2: (512, 512), 3: (64, 256, 256)}, patch={2: (96, 96), 3: (64, 64, 64)},
-            batch={2: 8, 3: 2}, width=32, windows_per_pass=4, repeats=3, steps=10, budget=250.0, row_cap=10.0)
+            batch={2: 8, 3: 2}, train_patch={2: (256, 256), 3: (128, 128, 128)}, train_batch={2: 32, 3: 2}, width=32, windows_per_pass=4, repeats=3, steps=10, budget=340.0, row_cap=10.0)
 DRY = dict(image={2: (64, 64), 3: (16, 32, 32)}, patch={2: (32, 32), 3: (16, 16, 16)},
-           batch={2: 2, 3: 1}, width=4, windows_per_pass=4, repeats=1, steps=2, budget=60.0, row_cap=5.0)
+           batch={2: 2, 3: 1}, train_patch={2: (32, 32), 3: (16, 16, 16)}, train_batch={2: 2, 3: 1}, width=4, windows_per_pass=4, repeats=1, steps=2, budget=120.0, row_cap=5.0)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 TRAIN_VARIANTS = ("fp32", "bf16", "bf16+cl", "bf16+cl+compile")
 S: dict[str, Any] = FULL  # the sizes of this run (DRY with --dry-run)
@@ -106,9 +112,13 @@ def timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> tuple[fl
 
 
 def peak_gib(device: torch.device, reset: bool = False) -> float | None:
-    if device.type == "cuda" and reset:
+    if device.type != "cuda":
+        return None
+    # resetting before this process has initialised CUDA raises "Invalid device argument"
+    # (the compile child's first row); nothing is allocated then, so there is nothing to reset
+    if reset and torch.cuda.is_initialized():
         torch.cuda.reset_peak_memory_stats(device)
-    return round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
 
 
 def record(rows: list[dict[str, Any]], row: dict[str, Any], measure: Callable[[], dict[str, Any]],
@@ -216,7 +226,7 @@ def train_step(dims: int, variant: str, device: torch.device, backend: str | Non
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     criterion = DeepSupervisionLoss(tuple(model.levels), model.config.classes)
     scaler = precision.grad_scaler()
-    batch, patch = S["batch"][dims], S["patch"][dims]
+    batch, patch = S["train_batch"][dims], S["train_patch"][dims]
     g = torch.Generator().manual_seed(0)
     x = setup.prepare(torch.randn((batch, 1, *patch), generator=g).to(device))
     y = (torch.rand((batch, *patch), generator=g) > 0.5).long().to(device)
@@ -235,7 +245,9 @@ def train_step(dims: int, variant: str, device: torch.device, backend: str | Non
     sync(device)
     first = time.perf_counter() - t0
     seconds, n = timed(step, device, S["steps"])  # one more warm-up step inside
-    row = {"samples_per_s": batch / seconds, "step_s": seconds, "steps": n, "first_step_s": first}
+    row = {"samples_per_s": batch / seconds, "step_s": seconds, "steps": n, "first_step_s": first,
+           # the planner's memory model (training/memory.py) beside the measured peak of this row
+           "model_gib": round(step_memory(model.config, batch, patch, 4 if variant == "fp32" else 2) / 2**30, 2)}
     if "compile" in variant:
         row["compile_s"] = max(0.0, first - seconds)
         row["backend"] = backend or "inductor"
@@ -244,6 +256,8 @@ def train_step(dims: int, variant: str, device: torch.device, backend: str | Non
 
 def compile_child(device: torch.device, dry_run: bool) -> None:
     """In the child process: the compiled row of each dims, one ``ROW {json}`` line each."""
+    if device.type == "cuda":
+        torch.cuda.init()  # a fresh process: CUDA is initialised lazily, by the first tensor
     runtime.set_determinism(False, device)
     for dims in (2, 3):
         try:
@@ -276,13 +290,15 @@ def training(device: torch.device, rows: list[dict[str, Any]]) -> None:
     runtime.set_determinism(False, device)  # cuDNN benchmark on CUDA, as `unetpp train` does
     for variant in TRAIN_VARIANTS[:-1]:
         for dims in (2, 3):
-            row = {"dims": dims, "variant": variant, "batch": S["batch"][dims], "patch": list(S["patch"][dims])}
+            row = {"dims": dims, "variant": variant, "batch": S["train_batch"][dims],
+                   "patch": list(S["train_patch"][dims])}
             record(rows, row, lambda dims=dims, variant=variant: train_step(dims, variant, device), device)
 
 
 def compiled_training(rows: list[dict[str, Any]], dry_run: bool) -> None:
     """The compiled rows, last and in one child process: a cold compile can take minutes."""
-    heads = [{"dims": d, "variant": TRAIN_VARIANTS[-1], "batch": S["batch"][d], "patch": list(S["patch"][d])} for d in (2, 3)]
+    heads = [{"dims": d, "variant": TRAIN_VARIANTS[-1], "batch": S["train_batch"][d], "patch": list(S["train_patch"][d])}
+             for d in (2, 3)]
     done = compiled_rows(dry_run) if left() >= 30 else {d: {"skipped": f"{max(0.0, left()):.0f} s left, too "
                                                             "little for a compile"} for d in (2, 3)}
     for row in heads:
@@ -336,17 +352,19 @@ def markdown(result: dict[str, Any]) -> str:
                      + " | ".join(cell(by.get(p), "seconds", "{:.4f}") for p in PRECISIONS) + " |")
     lines += ["", f"ONNX Runtime: {result['onnxruntime']}", "",
               "## Training: samples/s (forward, deep-supervision loss, backward, Adam)", "",
-              "| dims | batch x patch | variant | samples/s | s/step | first step s | compile s | peak GiB |",
-              "|---|---|---|---:|---:|---:|---:|---:|"]
+              "| dims | batch x patch | variant | samples/s | s/step | first step s | compile s | peak GiB | model GiB |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in result["training"]:
         lines.append(f"| {r['dims']}D | {r['batch']} x {'x'.join(map(str, r['patch']))} | {r['variant']} | "
                      f"{cell(r, 'samples_per_s', '{:.1f}')} | {cell(r, 'step_s', '{:.4f}')} | "
                      f"{cell(r, 'first_step_s', '{:.1f}')} | {cell(r, 'compile_s', '{:.1f}') if 'compile' in r['variant'] else ''} | "
-                     f"{r.get('peak_gib') or ''} |")
+                     f"{r.get('peak_gib') or ''} | {r.get('model_gib') or ''} |")
     notes = [f"- {r['dims']}D {r.get('variant') or r.get('mode', '')} {r.get('precision', '')}: {r.get('error') or r['skipped']}"
              for r in inf + result["training"] if "error" in r or "skipped" in r]
     lines += ["", "cl = channels_last; compile = torch.compile (inductor; `eager` backend in a dry run), "
-              "compile s = first step minus a steady step.", ""]
+              "compile s = first step minus a steady step; model GiB = the planner's memory model "
+              "(training/memory.py, with its 1.5 GiB workspace), to check against the measured peak.", ""]
+    lines += gpu_train.markdown(result["train"]) if "train" in result else []
     return "\n".join(lines + (["## Errors and skipped rows", ""] + notes + [""] if notes else []))
 
 
@@ -356,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="folder for gpu.json and gpu.md")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, 1 repeat: a test of the code paths")
-    ap.add_argument("--budget", type=float, help="seconds for the whole run, imports included (default 250; 60 dry)")
+    ap.add_argument("--budget", type=float, help="seconds for the whole run, imports included (default 340; 120 dry)")
     ap.add_argument("--compile-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if not args.dry_run and not torch.cuda.is_available():
@@ -379,10 +397,15 @@ def main(argv: list[str] | None = None) -> int:
     settings = {k: ({str(d): v for d, v in v.items()} if isinstance(v, dict) else v) for k, v in S.items()}
     result = {"machine": info, "settings": {**settings, "dry_run": args.dry_run, "budget_s": budget},
               "onnxruntime": ort_line, "inference": [], "training": []}
-    sections = [(0.4, lambda: inference(device, result["inference"])),  # each ends at this share of the budget
-                (0.6, lambda: training(device, result["training"])),
-                (0.7, lambda: ort_device and onnxruntime_rows(device, result["inference"], ort_device)),
-                (1.0, lambda: compiled_training(result["training"], args.dry_run))]
+
+    def cli_training() -> None:  # `unetpp train` in child processes, one at a time
+        result["train"] = gpu_train.section(args.dry_run, DEADLINE, info.get("gpu"))
+
+    sections = [(0.22, lambda: inference(device, result["inference"])),  # each ends at this share of the budget
+                (0.31, lambda: training(device, result["training"])),
+                (0.35, lambda: ort_device and onnxruntime_rows(device, result["inference"], ort_device)),
+                (0.47, lambda: compiled_training(result["training"], args.dry_run)),
+                (1.0, cli_training)]
     try:  # what was measured is written even if something unforeseen stops the run
         for end, run_section in sections:
             DEADLINE = START + end * budget  # a section that ends early leaves its time to the next

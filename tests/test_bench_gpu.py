@@ -51,8 +51,32 @@ def test_gpu_benchmark_dry_run(tmp_path, monkeypatch):
         assert r["samples_per_s"] > 0 and r["step_s"] > 0, key
     assert all(training[(d, "bf16+cl+compile")]["compile_s"] >= 0 for d in (2, 3))
 
+    # the real `unetpp train` (subprocesses), 3D first: it prepares the data the 2D run reuses
+    train = result["train"]
+    assert train["data"]["cases"] == 8 and train["data"]["seconds"] > 0
+    runs = {r["dims"]: r for r in train["runs"]}
+    assert list(runs) == [3, 2]
+    for dims, r in runs.items():
+        assert "error" not in r and "skipped" not in r and "note" not in r, r
+        assert r["epochs"] == 2 and len(r["epoch_train_s"]) == 2 and r["steps_per_epoch"] >= 1, r
+        assert 0 < r["startup_s"] < r["wall_s"] and 0 < r["train_share"] < 1 and r["samples_per_s"] > 0, r
+        assert r["train_flops_per_sample"] > 0 and r["mfu"] is None, r  # no peak for a CPU
+    assert runs[3]["prepare_s"] > 0 and "prepare_s" not in runs[2]
+
     text = (tmp_path / "gpu.md").read_text()
     assert "DRY RUN" in text and "| 2D | torch | patch | fast L1 |" in text and "bf16+cl+compile" in text
+    assert "## `unetpp train`" in text and "| 3D | 2 x 16x48x48 |" in text
+
+
+def test_gpu_peak_memory_before_cuda_is_initialised():
+    """The compile child asked for peak memory before its first CUDA tensor: resetting the
+    peak then raised "Invalid device argument"; before initialisation there is none to reset."""
+    bench = _load_bench()
+    if not bench.torch.cuda.is_initialized():
+        assert bench.peak_gib(bench.torch.device("cuda"), reset=True) == 0.0
+    assert bench.peak_gib(bench.torch.device("cpu"), reset=True) is None
+    assert bench.gpu_train.peak_bf16("NVIDIA H200") == 989e12 and bench.gpu_train.peak_bf16("NVIDIA H100 PCIe") == 756e12
+    assert bench.gpu_train.peak_bf16("cpu") is None and bench.gpu_train.peak_bf16(None) is None
 
 
 def test_gpu_benchmark_needs_cuda(tmp_path, capsys, monkeypatch):

@@ -1,5 +1,5 @@
-"""``unetpp data list | fetch | check | prepare``: samples, dataset validation, and the
-prepared copy that training reads."""
+"""``unetpp data list | fetch | check | prepare | plan``: samples, dataset validation, the
+prepared copy that training reads, and the training plan for a device."""
 
 from __future__ import annotations
 
@@ -100,6 +100,42 @@ def prepare(data: str = typer.Argument(..., help="Dataset folder (any supported 
         folder = prepare_dataset(root, workers=n, modality=modality, image_dtype=dtype, replan=replan,
                                  progress=step, log=log)
     out.print(f"prepared: {root} -> {folder}", markup=False)
+
+
+@data_app.command("plan")
+def plan(data: str = typer.Argument(..., help="Dataset folder (any supported layout) or sample name."),
+         dims: Optional[int] = typer.Option(None, "--dims", help="2 or 3. [default: the data's]"),
+         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda: the device to plan for."),
+         gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", help="Plan for a CUDA GPU with this "
+                                                    "many GiB, without one (implies --device cuda)."),
+         arch: str = typer.Option("unetpp", "--arch", help="unetpp, unet or wide-unet."),
+         preset: str = typer.Option("paper", "--preset", help="paper or modern."),
+         width: float = typer.Option(1.0, "--width", help="Filter scale."),
+         depth: int = typer.Option(4, "--depth", help="Poolings (levels)."),
+         epochs: int = typer.Option(100, "--epochs", help="Epochs (the compile decision weighs the run's length)."),
+         max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Training time budget."),
+         as_json: bool = typer.Option(False, "--json", help="Print JSON: {\"train\": ..., \"plan\": ...}.")) -> None:
+    """Print the train section that 'unetpp train' would store in config.json (patch, batch,
+    steps per epoch, precision, compile, workers, validation schedule), without training."""
+    from ..training import TrainConfig
+    from ..training.plan import plan_run
+
+    cfg = TrainConfig(data=data, out="-", dims=dims, device=device, arch=arch, preset=preset, width=width,
+                      depth=depth, epochs=epochs, max_minutes=max_minutes).validate()
+    planned, facts = plan_run(cfg, gpu_memory)
+    train = {k: v for k, v in planned.to_dict().items() if k not in ("out", "resume", "extra", "progress")}
+    if as_json:
+        print(json.dumps({"train": train, "plan": facts}, indent=2))
+        return
+    table = Table("setting", "value", title=f"plan for {facts['device']}: {data}")
+    for key in ("dims", "patch_size", "batch_size", "steps_per_epoch", "amp", "compile", "num_workers", "val_every",
+                "strides", "kernel_sizes"):
+        value = train[key]
+        table.add_row(key, "x".join(map(str, value)) if key == "patch_size" else json.dumps(value))
+    for key, value in facts.items():
+        if key != "device":
+            table.add_row(key, str(value))
+    out.print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -37,13 +37,13 @@ Every helper keeps outputs equal to the plain computation within the tolerances 
 ``tests/test_perf_equivalence.py``; none changes parameter names, shapes or counts.
 """
 
-from .hardware import (Precision, autocast_dtype, autocast_speedup, choose_precision, cpu_flags,
+from .hardware import (DeviceTarget, Precision, device_target, autocast_dtype, autocast_speedup, choose_precision, cpu_flags,
                        cpu_has_fast_bf16, pick_device)
 from .layout import (TrainingSetup, channels_last_pays, compiled, fold_batchnorm, inference_context,
                      memory_format, optimize_for_inference, set_checkpointing, set_split_concat, training_setup)
 from .threads import busy_cores, loader_workers, seed_everything, set_determinism, set_threads
 
-__all__ = ["Precision", "TrainingSetup", "autocast_dtype", "autocast_speedup", "busy_cores", "channels_last_pays",
+__all__ = ["DeviceTarget", "Precision", "device_target", "TrainingSetup", "autocast_dtype", "autocast_speedup", "busy_cores", "channels_last_pays",
            "choose_precision", "compiled", "cpu_flags", "cpu_has_fast_bf16", "fold_batchnorm",
            "inference_context", "loader_workers", "memory_format", "optimize_for_inference", "pick_device",
            "seed_everything", "set_checkpointing", "set_determinism", "set_split_concat", "set_threads",

@@ -64,6 +64,46 @@ def pick_device(name: str | torch.device | None = "auto", local_rank: int = 0) -
         raise UnetppError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {name!r}") from None
 
 
+# --------------------------------------------------------------------------- what a plan is for
+@dataclass(frozen=True)
+class DeviceTarget:
+    """The device a training plan is sized for (:func:`unetpp.training.plan.settle`).
+
+    ``kind``: ``cpu``, ``cuda`` or ``mps``; ``memory_gib``: the GPU's memory (None on the
+    CPU); ``bf16``: whether the GPU trains in bf16 (else fp16); ``name``: for the log.
+    """
+
+    kind: str
+    memory_gib: float | None = None
+    bf16: bool = True
+    name: str = ""
+
+    def __str__(self) -> str:
+        if self.kind == "cpu":
+            return "CPU"
+        return f"{self.name or self.kind} ({self.memory_gib:g} GiB)" if self.memory_gib else self.name or self.kind
+
+
+def device_target(device: torch.device | str, gpu_memory_gib: float | None = None) -> DeviceTarget:
+    """What a plan needs to know of ``device``; ``gpu_memory_gib`` plans for a CUDA GPU of
+    that size without one (``unetpp data plan --device cuda --gpu-memory 80``).
+
+    Raises UnetppError when CUDA is asked for without a GPU and without ``gpu_memory_gib``.
+    """
+    if str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return DeviceTarget(dev.type)
+    if gpu_memory_gib is not None:
+        return DeviceTarget("cuda", float(gpu_memory_gib), True, "CUDA GPU")
+    if not torch.cuda.is_available():
+        raise UnetppError("--device cuda: no CUDA GPU is available to PyTorch; give --gpu-memory GB to plan "
+                          "for one without it")
+    props = torch.cuda.get_device_properties(dev.index or 0)
+    return DeviceTarget("cuda", props.total_memory / 2**30, torch.cuda.is_bf16_supported(), props.name)
+
+
 # --------------------------------------------------------------------------- precision
 def autocast_dtype(device: torch.device | str, amp: bool = True) -> torch.dtype | None:
     """The autocast dtype the hardware supports well on ``device``, or None (stay in fp32).

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import UnetppError
 from ..models import PRESETS, arch_names, arch_spec, check_deep_supervision
-from ..models.topology import ANISOTROPY_RATIO, is_isotropic_topology, plan_patch
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MONITORS = ("accurate", "mean")  # or "L1".."L<depth>": one head
@@ -54,14 +52,14 @@ class TrainConfig:
     # optimisation (the paper's: Adam 3e-4, BCE + Dice on every head, early stopping)
     epochs: int = 100
     patience: int | None = 20           # epochs without a better validation score; None: never stop early
-    batch_size: int | None = None       # default 8 (2D) / 2 (3D); see settle()
-    patch_size: list[int] | None = None  # default 96 (2D) / 64 (3D) per axis, see settle()
+    batch_size: int | None = None       # CPU: 8 (2D) / 2 (3D); CUDA: from its memory (plan.settle)
+    patch_size: list[int] | None = None  # CPU: 96 (2D) / 64 (3D) per axis; CUDA: from its memory
     lr: float = 3e-4
     weight_decay: float = 0.0
     level_weights: list[float] | None = None  # loss weight per deep-supervision head, level 1 first
     ce_weight: float = 0.5              # paper's loss: 1/2 BCE + Dice
     dice_weight: float = 1.0
-    steps_per_epoch: int | None = None  # default: the loader's (one patch per training case)
+    steps_per_epoch: int | None = None  # CPU: the loader's (every training voxel about once); CUDA: 250
     max_minutes: float | None = None    # stop (resumable) after this much training time
     # data
     val_fraction: float = 0.2
@@ -79,7 +77,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool | None = None             # None: on for CUDA, off elsewhere (unetpp.runtime decides)
     channels_last: bool | None = None   # None: where it pays (unetpp.runtime decides)
-    compile: bool = False
+    compile: bool | None = None         # None: where it pays (a long enough run on CUDA; see plan.compile_pays)
     deterministic: bool = False
     resume: bool | str = False          # True: continue RUN; "auto": continue it if it has a checkpoint
     progress: str = "auto"              # auto | bar | log | none
@@ -170,7 +168,9 @@ class TrainConfig:
         for name in ("amp", "channels_last"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
                 p.append(f"{name} must be true, false or null, got {getattr(self, name)!r}")
-        for name in ("compile", "deterministic", "augment", "tensorboard"):
+        if self.compile is not None and not isinstance(self.compile, bool):
+            p.append(f"compile must be true, false or null, got {self.compile!r}")
+        for name in ("deterministic", "augment", "tensorboard"):
             if not isinstance(getattr(self, name), bool):
                 p.append(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.progress not in ("auto", "bar", "log", "none"):
@@ -200,60 +200,6 @@ class TrainConfig:
 
 
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
-#: the patch side per dims before it is fitted to the data (see :func:`settle`)
-PATCH_SIDE = {2: 96, 3: 64}
-BATCH_SIZE = {2: 8, 3: 2}
-
-
-def settle(cfg: TrainConfig, ds: Any, train_cases: Sequence[str]) -> TrainConfig:
-    """Decide once every value ``cfg`` leaves to the data and the model, and return the
-    config that is stored whole in ``RUN/config.json`` and read as stored afterwards
-    (prediction's sliding window is its patch size; a resumed run is not settled again).
-
-    - ``dims``: the dataset's (a volume dataset may train in 2D; a 2D one not in 3D);
-    - ``deep_supervision``: on for an architecture with a head per level (UNet++);
-    - ``base_filters``: from ``width`` and the architecture's base filters;
-    - ``patch_size``: one value per axis; by default 96 (2D) / 64 (3D), but no larger than
-      the largest training case rounded up to a multiple of ``2**depth``, so small images
-      are not padded to a big patch. 3D data whose spacings differ by more than 2x get a
-      patch of the same voxel count that is cubic in millimetres, and per-axis pooling and
-      kernels (``strides``, ``kernel_sizes``: :func:`unetpp.models.topology.plan_patch`);
-    - ``batch_size``: 8 (2D) / 2 (3D).
-
-    Idempotent: settling a settled config changes nothing.
-    """
-    dims = cfg.dims or ds.spatial_dims
-    if dims == 3 and ds.spatial_dims == 2:
-        raise UnetppError(f"--dims 3: {cfg.data} holds 2D images; use --dims 2")
-    deep = cfg.deep_supervision if cfg.deep_supervision is not None else arch_spec(cfg.arch).deep_supervision
-    strides, kernels = cfg.strides, cfg.kernel_sizes
-    if cfg.patch_size:
-        patch = list(cfg.patch_size) * dims if len(cfg.patch_size) == 1 else list(cfg.patch_size)
-    elif dims == 3 and _anisotropic(ds.target_spacing) and strides is None:
-        # in millimetres and by memory (today's 64^3 voxels), pooling per axis (nnU-Net's rule)
-        shape = [max(ds.case_shape(n)[d] for n in train_cases) for d in range(3)]
-        patch, strides, kernels = plan_patch(ds.target_spacing, shape, cfg.depth, PATCH_SIDE[3] ** 3)
-        if is_isotropic_topology(strides, kernels):
-            strides = kernels = None
-    else:
-        patch = _default_patch(ds, train_cases, dims, cfg.depth)
-    return cfg.replace(dims=dims, deep_supervision=deep, base_filters=cfg.filters(), patch_size=patch,
-                       batch_size=cfg.batch_size or BATCH_SIZE[dims], strides=strides, kernel_sizes=kernels)
-
-
-def _anisotropic(spacing: Sequence[float] | None) -> bool:
-    """Spacings further apart than 2x (nnU-Net's threshold): plan the patch in millimetres."""
-    return bool(spacing) and max(spacing) > ANISOTROPY_RATIO * min(spacing)
-
-
-def _default_patch(ds: Any, cases: Sequence[str], dims: int, depth: int) -> list[int]:
-    side = PATCH_SIDE[dims]
-    try:
-        shapes = [tuple(ds.case_shape(n))[-dims:] for n in cases]
-    except Exception:  # noqa: BLE001 - a dataset without cheap shapes: the plain default
-        return [side] * dims
-    m = 2 ** depth
-    return [min(side, -(-max(s[d] for s in shapes) // m) * m) for d in range(dims)]
 DEFAULTS = TrainConfig()
 
 

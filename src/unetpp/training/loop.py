@@ -44,11 +44,13 @@ from ..models import ModelConfig, build_model
 from ..run import WEIGHTS, check_model_size, make_run_config, read_run_config, write_run_config
 from . import distributed
 from .checkpoint import checkpoint_rows, has_checkpoint, load_checkpoint, rng_state, snapshot_checkpoint
-from .config import TrainConfig, as_config, merge_for_resume, settle
+from .config import TrainConfig, as_config, merge_for_resume
 from .loss import DeepSupervisionLoss
+from .plan import settle
 from .records import Records
 from .runlock import LOCK, hold_run
 from .saver import EpochFiles, RunWriter
+from .steps import count_step, read_steps, step_stats
 from .stops import StopRequest, TrainingError, TrainingInterrupted
 from .validate import Validator, monitor_score, validation_every
 
@@ -167,7 +169,13 @@ def _build(cfg: TrainConfig, ds: Any, saved: dict[str, Any] | None, device: torc
         if not split.get("train") or not split.get("val"):
             raise UnetppError(f"{cfg.data}: {len(ds.case_names)} labelled case(s) cannot be split into "
                               "training and validation cases; add cases or change --val-fraction")
-        cfg = settle(cfg, ds, split["train"])
+        target = runtime.device_target(device)
+        cfg = settle(cfg, ds, split["train"], target, split["val"])
+        progress.log(f"plan for {target}: patch {'x'.join(map(str, cfg.patch_size))}, batch {cfg.batch_size}, "
+                     f"{cfg.steps_per_epoch} steps an epoch" + (", bf16/fp16" if cfg.amp and target.kind == "cuda" else "")
+                     + (", torch.compile" if cfg.compile else "") + f", {cfg.num_workers} loader workers"
+                     + (f", whole-case validation every {cfg.val_every} epochs (and after the last; --val-every 1 "
+                        "for every epoch)" if (cfg.val_every or 1) > 1 else ""))
         model_config = ModelConfig.from_preset(cfg.arch, cfg.preset, dims=cfg.dims, in_channels=ds.channels,
                                                classes=ds.classes, depth=cfg.depth,
                                                base_filters=cfg.base_filters,
@@ -206,11 +214,7 @@ def _build(cfg: TrainConfig, ds: Any, saved: dict[str, Any] | None, device: torc
     validator = Validator(ds, split["val"], patch, cfg.val_overlap, cfg.val_batch_size, info, device,
                           dtype=precision.dtype)
     val_every = cfg.val_every or validation_every([tuple(ds.case_shape(n)) for n in split["val"]], patch,
-                                                  cfg.val_overlap, len(loader) * batch_size)
-    if val_every > 1 and cfg.val_every is None:
-        progress.log(f"validating every {val_every} epochs (and after the last): whole-case validation of "
-                     f"{len(split['val'])} case(s) would otherwise cost more than 10 % of training "
-                     "(--val-every 1 to validate every epoch)")
+                                                  cfg.val_overlap, len(loader) * batch_size)  # a run planned before
     return _Parts(cfg, model_config, split, model, net, optimizer, criterion, setup, precision.grad_scaler(),
                   loader, validator, val_every)
 
@@ -277,7 +281,7 @@ def _train(cfg: TrainConfig, run: Path, ds: Any, saved: dict[str, Any] | None, d
                 progress.start(f"epoch {epoch}/{cfg.epochs}", steps, skip)
                 p.net.train()
                 step, since_sync, stop_flag = 0, 0, 0.0
-                stats = torch.zeros(5, dtype=torch.float64, device=stats_device)  # see _count
+                stats = step_stats(stats_device)
                 for step, (image, label) in enumerate(p.loader, start=1):
                     if step <= skip:
                         continue  # replayed up to where the interrupted run stopped
@@ -287,10 +291,10 @@ def _train(cfg: TrainConfig, run: Path, ds: Any, saved: dict[str, Any] | None, d
                     with p.setup.autocast():
                         outputs = p.net(image)
                     loss = p.criterion(outputs, label)
-                    _count(stats, loss.detach(), step)
+                    count_step(stats, loss.detach(), step)
                     since_sync += 1
                     if since_sync == sync_every or step == steps:
-                        stop_flag, bad, first_bad, loss_sum = _sync(stats, stop.signum is not None, info)
+                        stop_flag, bad, first_bad, loss_sum = read_steps(stats, stop.signum is not None, info)
                         if bad is not None:
                             what = f"loss is {bad} at" if first_bad else "loss is not finite on another process at"
                             raise TrainingError(
@@ -391,36 +395,6 @@ def _end_epoch(epoch: int, scores: dict[str, float] | None, state: dict[str, Any
                  "lr": p.optimizer.param_groups[0]["lr"]})
     state["step"] = 0
     return best
-
-
-def _count(stats: torch.Tensor, loss: torch.Tensor, step: int) -> None:
-    """Add a step's loss to ``stats`` on its device, without reading it: ``[stop, non-finite
-    steps, first non-finite step, its loss, sum of finite losses]`` (slot 0: :func:`_sync`)."""
-    finite = torch.isfinite(loss).to(stats.device)
-    value = loss.to(stats.device, torch.float64)
-    first = (stats[2] == 0) & ~finite
-    stats[1] += (~finite).double()
-    stats[3] = torch.where(first, value, stats[3])
-    stats[2] = torch.where(first, torch.full_like(stats[2], step), stats[2])
-    stats[4] += torch.where(finite, value, torch.zeros_like(value))
-
-
-def _sync(stats: torch.Tensor, stop: bool, info: distributed.DistInfo) -> tuple[float, Any, int, float]:
-    """One read of ``stats`` (all-reduced under torchrun, so every process stops at the same
-    step); resets it. Returns ``(stop, bad, first_bad, loss_sum)``: ``bad`` is None when every
-    loss was finite, else the first non-finite loss (``first_bad``: its step; 0 when it was
-    another process's, whose step this one does not know)."""
-    local = stats.tolist() if info.world_size > 1 else None  # whose the non-finite loss was
-    stats[0] = float(stop)
-    distributed.all_reduce_sum(stats, info)
-    values = stats.tolist()
-    stats.zero_()
-    if values[1] == 0:
-        return values[0], None, 0, values[4]
-    source = values if local is None else local if local[1] > 0 else None
-    if source is None:
-        return values[0], "not finite", 0, values[4]
-    return values[0], source[3], int(source[2]), values[4]
 
 
 def _close_quietly(writer: RunWriter) -> None:
