@@ -152,3 +152,20 @@ def test_kill_between_checkpoint_and_rows_then_resume_ends_like_an_uninterrupted
     strip = ("seconds", "train_seconds")
     assert ([{k: v for k, v in r.items() if k not in strip} for r in read_metrics(run / "metrics.csv", 100)]
             == [{k: v for k, v in r.items() if k not in strip} for r in read_metrics(straight / "metrics.csv", 100)])
+
+
+def test_streamed_safetensors_read_back_exactly_through_the_library(tmp_path):
+    from safetensors import safe_open
+
+    from unetpp.io import stream_tensors
+
+    tensors = {"w": torch.randn(3, 4), "step": torch.tensor(3.0), "half": torch.randn(5).bfloat16(),
+               "empty": torch.zeros(0, 2), "ids": torch.arange(7), "mask": torch.tensor([True, False])}
+    path = stream_tensors(tmp_path / "x.safetensors", tensors, {"state": "{}"})
+    back = load_tensors(path)
+    assert set(back) == set(tensors)
+    assert all(back[k].dtype == v.dtype and back[k].shape == v.shape and torch.equal(back[k], v) for k, v in tensors.items())
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata() == {"state": "{}"}
+    with pytest.raises(ValueError, match="contiguous CPU"):
+        stream_tensors(tmp_path / "y.safetensors", {"t": torch.randn(4, 4).t()})

@@ -13,9 +13,11 @@ from __future__ import annotations
 import json
 import os
 import stat
+import struct
 import tempfile
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 import torch
 from safetensors import SafetensorError
@@ -57,6 +59,11 @@ def _file_mode(path: Path) -> int:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temp file, fsync, rename, fsync folder), with
     the permissions a plain write would give it."""
+    return atomic_write_with(path, lambda f: f.write(data))
+
+
+def atomic_write_with(path: str | os.PathLike, fill: Callable[[BinaryIO], Any]) -> Path:
+    """Like :func:`atomic_write_bytes`, with ``fill(file)`` writing the content."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = _file_mode(path)
@@ -65,7 +72,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         if hasattr(os, "fchmod"):  # POSIX
             os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            fill(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -104,8 +111,51 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     """Save tensors as safetensors, atomically. Shared or non-contiguous tensors are copied;
     ``copy=False``: ``tensors`` are already private contiguous CPU tensors (a snapshot), so
     hundreds of MB are not copied once more."""
-    clean = ({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()} if copy else tensors)
+    if not copy:
+        return stream_tensors(path, tensors, metadata)
+    clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     return atomic_write_bytes(path, st_save(clean, metadata=metadata))
+
+
+_SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                       torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+                       torch.uint8: "U8", torch.bool: "BOOL"}
+
+
+def stream_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
+                   metadata: dict[str, str] | None = None) -> Path:
+    """Write contiguous CPU ``tensors`` as a safetensors file, atomically, straight from their
+    memory.
+
+    Why not ``safetensors.torch.save``: it copies every tensor into a bytes object and then
+    into one more for the file, holding the GIL (0.7 s for the 300 MB checkpoint of the 3D
+    paper network), which stalls the training thread while a background thread checkpoints.
+    Here each tensor's memory goes to ``write`` as a buffer, which releases the GIL. The format
+    is safetensors' own (8-byte header length, JSON header, raw little-endian data in header
+    order), and every file is read back by the safetensors library, which checks it.
+    """
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    offset, order = 0, sorted(tensors)
+    for name in order:
+        t = tensors[name]
+        if t.device.type != "cpu" or not t.is_contiguous() or t.dtype not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"{name}: stream_tensors needs contiguous CPU tensors of a safetensors dtype")
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+
+    def fill(f: BinaryIO) -> None:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for name in order:
+            t = tensors[name]
+            if t.numel():
+                f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+
+    return atomic_write_with(path, fill)
 
 
 def check_weights_path(path: str | os.PathLike) -> Path:
