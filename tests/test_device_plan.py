@@ -84,15 +84,16 @@ def test_memory_model_counts_what_autograd_saves_on_a_real_step():
     per_voxel = saved_bytes_per_voxel(mc, 4)
     model = build_model(mc)
     crit = DeepSupervisionLoss(tuple(model.levels), 1, None, 0.5, 1.0)
-    params = {p.data_ptr() for p in model.parameters()}
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
     def saved_activations(side: int) -> int:
-        total = 0
+        total, seen = 0, set(params)  # the weights are the model state, not activations
 
         def count(t: torch.Tensor) -> torch.Tensor:
             nonlocal total
-            if t.data_ptr() not in params:  # the weights are the model state, not activations
-                total += t.numel() * t.element_size()
+            if t.untyped_storage().data_ptr() not in seen:  # a tensor saved twice is held once
+                seen.add(t.untyped_storage().data_ptr())
+                total += t.untyped_storage().nbytes()
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):

@@ -56,3 +56,22 @@ def test_val_every_validates_every_n_epochs_and_after_the_last(tmp_path):
                 depth=2, patch_size=[32], progress="none", tensorboard=False, device="cpu")
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [math.isnan(float(r["val_score"])) for r in rows] == [True, False, False]
+    assert all(0.0 <= float(r["val_patch_iou"]) <= 1.0 for r in rows)  # patience has a score every epoch
+
+
+def test_spaced_validation_stops_early_on_the_patch_score_and_validates_that_epoch_whole(tmp_path):
+    import csv
+    import json
+    import math
+
+    data = write_synthetic_dataset(tmp_path / "d", n_cases=6, size=32, seed=0)
+    run = train(data=str(data), out=str(tmp_path / "run"), epochs=20, steps_per_epoch=1, val_every=10, patience=2,
+                lr=1e-9, base_filters=2, depth=2, patch_size=[32], progress="none", tensorboard=False, device="cpu")
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    # lr ~0: the patch score never improves after epoch 1, so patience 2 stops the run at epoch 3,
+    # which is validated whole although the schedule says every 10 epochs
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert [math.isnan(float(r["val_score"])) for r in rows] == [True, True, False]
+    assert len({r["val_patch_iou"] for r in rows}) == 1
+    state = json.loads((run / "last" / "state.json").read_text())["train"]
+    assert state["bad_epochs"] == 2 and state["best_epoch"] == 3 and (run / "model.safetensors").is_file()

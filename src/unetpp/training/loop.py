@@ -28,7 +28,6 @@ ends with the very same weights as a run never stopped.
 
 from __future__ import annotations
 
-import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -39,20 +38,21 @@ import torch
 
 from .. import runtime
 from ..console import Progress, log
-from ..errors import RunError, UnetppError
+from ..errors import UnetppError
 from ..models import ModelConfig, build_model
-from ..run import WEIGHTS, check_model_size, make_run_config, read_run_config, write_run_config
+from ..run import WEIGHTS, check_model_size, make_run_config, write_run_config
 from . import distributed
-from .checkpoint import checkpoint_rows, has_checkpoint, load_checkpoint, rng_state, snapshot_checkpoint
-from .config import TrainConfig, as_config, merge_for_resume
+from .checkpoint import checkpoint_rows, load_checkpoint, rng_state, snapshot_checkpoint
+from .config import TrainConfig, as_config
 from .loss import DeepSupervisionLoss
 from .plan import settle
 from .records import Records
-from .runlock import LOCK, hold_run
+from .runlock import hold_run
 from .saver import EpochFiles, RunWriter
+from .start import open_checked, start_or_resume
 from .steps import count_step, read_steps, step_stats
 from .stops import StopRequest, TrainingError, TrainingInterrupted
-from .validate import Validator, monitor_score, validation_every
+from .validate import PatchScore, Validator, monitor_score, validation_every
 
 #: on a GPU, steps between reads of the loss (a read waits for the queued kernels)
 SYNC_EVERY = 16
@@ -81,59 +81,14 @@ def train(config: TrainConfig | dict[str, Any] | None = None, **overrides: Any) 
     run = Path(cfg.out) if cfg.out else Path()
     info = distributed.from_env()
     with hold_run(run, enabled=bool(cfg.out) and info.main):  # one process per run folder
-        cfg, saved = _start_or_resume(cfg, run)
-        ds = _open_dataset(cfg.data)
+        cfg, saved = start_or_resume(cfg, run)
+        ds = open_checked(cfg.data)
         device = runtime.pick_device(cfg.device, info.local_rank)
         distributed.setup(info, device)
         try:
             return _train(cfg, run, ds, saved, device, info)
         finally:
             distributed.teardown(info)
-
-
-def _start_or_resume(cfg: TrainConfig, run: Path) -> tuple[TrainConfig, dict[str, Any] | None]:
-    """The config to train with and, when resuming, the run's stored config.json.
-
-    A run folder without a checkpoint yet (killed before its first epoch ended) has nothing
-    to resume: ``--resume`` (and ``resume="auto"``) start it, with the settings it was
-    started with (``--resume``) or those given (``"auto"``)."""
-    if cfg.resume and cfg.out and not has_checkpoint(run):
-        if (run / "config.json").is_file():  # ours, stopped before its first checkpoint
-            if cfg.resume is True:
-                stored = read_run_config(run).get("train", {})
-                cfg = merge_for_resume(stored, cfg, run)
-            for item in run.iterdir():
-                if item.name != LOCK:
-                    shutil.rmtree(item) if item.is_dir() else item.unlink()
-            log(f"{run}: no checkpoint yet (stopped before its first epoch ended); starting the run")
-        cfg = cfg.replace(resume=False)
-    if not cfg.resume:
-        cfg.validate()
-        if run.exists() and (not run.is_dir() or any(p.name != LOCK for p in run.iterdir())):
-            what = "a run" if (run / "config.json").is_file() else "not empty"
-            raise UnetppError(f"--out {run}: already exists ({what}); add --resume to continue it, "
-                              "or choose another folder")
-        return cfg, None
-    if not cfg.out:
-        raise UnetppError("--out: no run folder given to resume")
-    saved = read_run_config(run)
-    cfg = merge_for_resume(saved.get("train", {}), cfg, run)
-    split = saved.get("split")
-    if not split or not split.get("train") or not split.get("val"):
-        raise RunError(f"{run}/config.json: no train/val split stored; cannot resume")
-    return cfg, saved
-
-
-def _open_dataset(data: str) -> Any:
-    """Opening checks every case; a bad dataset is refused with its report before anything
-    is written (one line per problem)."""
-    from ..data import DataError, open_dataset
-
-    try:
-        return open_dataset(data)
-    except DataError as e:
-        raise DataError([f"{data}: the dataset check failed with {len(e.problems)} problem(s); "
-                         "nothing was trained"] + e.problems) from None
 
 
 # ------------------------------------------------------------------------------ the parts
@@ -153,6 +108,7 @@ class _Parts:
     loader: Any
     validator: Validator
     val_every: int              # epochs between whole-case validations (and after the last)
+    patch_score: PatchScore | None  # every epoch, for patience, when validation is spaced out
 
 
 def _build(cfg: TrainConfig, ds: Any, saved: dict[str, Any] | None, device: torch.device,
@@ -215,8 +171,10 @@ def _build(cfg: TrainConfig, ds: Any, saved: dict[str, Any] | None, device: torc
                           dtype=precision.dtype)
     val_every = cfg.val_every or validation_every([tuple(ds.case_shape(n)) for n in split["val"]], patch,
                                                   cfg.val_overlap, len(loader) * batch_size)  # a run planned before
+    patch_score = (PatchScore(ds, split["val"], patch, device, precision.dtype, cfg.val_batch_size)
+                   if val_every > 1 and cfg.patience is not None else None)
     return _Parts(cfg, model_config, split, model, net, optimizer, criterion, setup, precision.grad_scaler(),
-                  loader, validator, val_every)
+                  loader, validator, val_every, patch_score)
 
 
 # ------------------------------------------------------------------------------ the loop
@@ -320,6 +278,12 @@ def _train(cfg: TrainConfig, run: Path, ds: Any, saved: dict[str, Any] | None, d
 
                 last = epoch == cfg.epochs or (cfg.max_minutes is not None and
                                                (state["train_seconds"] + train_seconds) / 60 >= cfg.max_minutes)
+                if p.patch_score is not None:  # patience, between whole-case validations
+                    state["patch_iou"] = p.patch_score(model)
+                    better = state["patch_iou"] > state.get("best_patch_iou", -1.0)
+                    state.update(best_patch_iou=max(state["patch_iou"], state.get("best_patch_iou", -1.0)),
+                                 bad_epochs=0 if better else state["bad_epochs"] + 1)
+                    last = last or state["bad_epochs"] >= (cfg.patience or 0)  # stopping: validate it whole
                 scores = p.validator(model) if epoch % p.val_every == 0 or last else None
                 best = _end_epoch(epoch, scores, state, records, p, t0, train_seconds)
                 writer.submit(EpochFiles(snapshot(epoch, 0), best=best, rows=list(records.rows)))
@@ -327,8 +291,9 @@ def _train(cfg: TrainConfig, run: Path, ds: Any, saved: dict[str, Any] | None, d
                 if stop.signum is not None:  # arrived during validation: the epoch is saved whole
                     raise interrupted(stop.signum, f"after epoch {epoch}")
                 if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
-                    progress.log(f"early stop after epoch {epoch}: no better validation score for "
-                                 f"{cfg.patience} epochs (best {state['best_score']:.4f} at epoch {state['best_epoch']})")
+                    what = "validation patch score" if p.patch_score is not None else "validation score"
+                    progress.log(f"early stop after epoch {epoch}: no better {what} for {cfg.patience} epochs "
+                                 f"(best whole-case score {state['best_score']:.4f} at epoch {state['best_epoch']})")
                     break
                 if cfg.max_minutes is not None and state["train_seconds"] / 60 >= cfg.max_minutes:
                     progress.log(f"time budget of {cfg.max_minutes:g} min reached after epoch {epoch}; "
@@ -385,13 +350,14 @@ def _end_epoch(epoch: int, scores: dict[str, float] | None, state: dict[str, Any
     else:
         score = monitor_score(scores, p.cfg.monitor, tuple(p.model.levels))
         if state["best_score"] is None or score > state["best_score"]:
-            state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
+            state.update(best_score=score, best_epoch=epoch)
             best = {"epoch": str(epoch), "score": repr(score), "monitor": p.cfg.monitor}
-        else:
-            state["bad_epochs"] += epoch - state.get("validated_epoch", epoch - 1)
+        if p.patch_score is None:  # patience counts epochs since the best whole-case score
+            state["bad_epochs"] = 0 if best else state["bad_epochs"] + epoch - state.get("validated_epoch", epoch - 1)
         state["validated_epoch"] = epoch
+    patch = {"val_patch_iou": state["patch_iou"]} if p.patch_score is not None else {}
     records.add({"epoch": epoch, "train_loss": state["loss_sum"] / state["loss_steps"], **scores,
-                 "val_score": score, "seconds": state["seconds"], "train_seconds": train_seconds,
+                 "val_score": score, **patch, "seconds": state["seconds"], "train_seconds": train_seconds,
                  "lr": p.optimizer.param_groups[0]["lr"]})
     state["step"] = 0
     return best

@@ -8,9 +8,10 @@ A step holds, at its peak:
   voxels of the batch (the network is fully convolutional). They are *counted*, not guessed:
   one forward pass and the deep-supervision loss run on the ``meta`` device (shapes only,
   no memory, no compute, ~1 s for the 3D paper network) under
-  ``torch.autograd.graph.saved_tensors_hooks``, which sees every tensor autograd saves;
-  floating-point ones are counted at the training precision's size (bf16/fp16 autocast
-  keeps convolution and normalisation activations in 2 bytes);
+  ``torch.autograd.graph.saved_tensors_hooks``, which sees every tensor autograd saves (each
+  storage counted once); floating-point ones at the training precision's size (bf16/fp16
+  autocast keeps convolution and normalisation activations in 2 bytes). Two patch sizes are
+  counted and subtracted, so what does not grow with the voxels (saved weights) drops out;
 - the backward pass's **transients** (an activation's gradient while the saved tensors of
   the layers before it are still alive) and the caching allocator's slack:
   :data:`PEAK_FACTOR` times the saved activations, and a fixed :data:`WORKSPACE_BYTES`
@@ -62,11 +63,18 @@ def _saved_per_voxel(config_json: str, bytes_per_value: int) -> tuple[float, int
     criterion = DeepSupervisionLoss(levels, config.classes, None, 0.5, 1.0)
     def saved(scale: int) -> tuple[int, int]:
         """Bytes saved by a step on one sample of ``scale`` x the pooling multiple, and its voxels."""
-        total = 0
+        total, seen = 0, set()
 
         def count(t: torch.Tensor) -> torch.Tensor:
+            # One tensor is often saved twice (a ReLU's output is the next convolution's input):
+            # count each storage once. Its C pointer is the one identity a meta storage has.
             nonlocal total
-            total += t.numel() * (bytes_per_value if t.is_floating_point() else t.element_size())
+            storage = t.untyped_storage()
+            key = getattr(storage, "_cdata", id(t))
+            if key not in seen:
+                seen.add(key)
+                scale = bytes_per_value / t.element_size() if t.is_floating_point() else 1
+                total += int(storage.nbytes() * scale)
             return t
 
         patch = tuple(scale * m for m in _multiple(config))  # every row's size a whole number

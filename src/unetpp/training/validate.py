@@ -13,6 +13,11 @@ counted in voxels run through the network (sliding-window windows for validation
 patches for training's forward and backward), so the choice is the same on every machine and
 a seeded run stays reproducible. ``--val-every N`` sets it.
 
+**Early stopping between whole-case validations** (:class:`PatchScore`): when validation is
+spaced out, a cheap score on fixed validation patches is computed every epoch; patience
+counts epochs without a better patch score, and the epoch that stops a run is validated whole.
+The best weights are still those of the best whole-case score.
+
 **Monitor**: ``accurate`` (default) is the accurate mode's mean per-case IoU; ``mean`` the
 mean of the heads' IoUs; ``L2`` one head's IoU.
 """
@@ -138,4 +143,74 @@ class Validator:
         return {k: float(v) / len(self.names) for k, v in zip(keys, sums.tolist())}
 
 
-__all__ = ["VAL_SHARE", "Validator", "monitor_score", "validation_every"]
+class PatchScore:
+    """A cheap score for every epoch, for early stopping when whole-case validation is spaced
+    out (``val_every > 1``): the accurate mode's mean IoU on fixed validation patches, one per
+    case (at most :attr:`MAX_CASES`), centred on the case's foreground (a 2D network on volumes:
+    in its slice with the most foreground), in the training precision. Costs one forward pass
+    per patch; whole-case validation stays what picks the best weights.
+
+    Args:
+        ds: the dataset (``load_case``).
+        names: the validation cases.
+        patch_size: the training patch, ``dims`` values.
+        device, dtype: where and in which autocast dtype to score.
+        batch_size: patches per forward pass.
+    """
+
+    MAX_CASES = 32
+
+    def __init__(self, ds: Any, names: list[str], patch_size: tuple[int, ...], device: torch.device,
+                 dtype: torch.dtype | None = None, batch_size: int = 4):
+        self.device, self.dtype, self.batch_size = device, dtype, batch_size
+        self.ignore = getattr(ds, "ignore_label", None)
+        crops = [_crop(ds.load_case(n), patch_size) for n in names[: self.MAX_CASES]]
+        self.images = torch.stack([torch.from_numpy(c[0]) for c in crops])
+        self.labels = [c[1] for c in crops]
+
+    @torch.no_grad()
+    def __call__(self, model: torch.nn.Module) -> float:
+        from ..inference.engine import probabilities, probabilities_to_labels
+
+        classes, was_training = model.config.classes, model.training
+        model.eval()
+        scores = []
+        try:
+            for start in range(0, len(self.images), self.batch_size):
+                x = self.images[start:start + self.batch_size].to(self.device)
+                with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                    out = model(x)
+                out = out if isinstance(out, dict) else {model.levels[-1]: out}
+                probs = combine_heads({lv: probabilities(v.float(), classes) for lv, v in out.items()},
+                                      Mode.accurate())
+                for i, p in enumerate(probs.cpu()):
+                    pred = probabilities_to_labels(p, classes).numpy()
+                    scores.append(case_scores(pred, self.labels[start + i], classes, ignore=self.ignore)["iou"])
+        finally:
+            model.train(was_training)
+        return float(np.mean(scores))
+
+
+def _crop(case: Any, patch: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The patch of ``case`` centred on its foreground's centre (zero-padded where it is
+    larger than the case); a 2D patch of a volume is cut from its most-foreground slice."""
+    image, label = np.asarray(case.image, dtype=np.float32), np.asarray(case.label)
+    if label.ndim > len(patch):  # a 2D network on volumes: the slice with the most foreground
+        k = int(np.argmax((label > 0).reshape(label.shape[0], -1).sum(axis=1)))
+        image, label = image[:, k], label[k]
+    fg = np.argwhere(label > 0)
+    centre = fg.mean(axis=0).round().astype(int) if len(fg) else np.array(label.shape) // 2
+    out_image = np.zeros((image.shape[0], *patch), dtype=np.float32)
+    out_label = np.zeros(patch, dtype=label.dtype)
+    src, dst = [], []
+    for c, n, p in zip(centre, label.shape, patch):
+        lo = int(min(max(c - p // 2, 0), max(n - p, 0)))  # inside the case where it can be
+        hi = min(lo + p, n)
+        src.append(slice(lo, hi))
+        dst.append(slice(0, hi - lo))
+    out_image[(slice(None), *dst)] = image[(slice(None), *src)]
+    out_label[tuple(dst)] = label[tuple(src)]
+    return out_image, out_label
+
+
+__all__ = ["VAL_SHARE", "PatchScore", "Validator", "monitor_score", "validation_every"]
