@@ -120,9 +120,9 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def _settings(dataset: Path, out: Path, **more) -> dict:
-    return dict(data=str(dataset), out=str(out), base_filters=4, depth=2, patch_size=[32], batch_size=2,
-                epochs=4, steps_per_epoch=2, device="cpu", augment=False, patience=None, lr=3e-3,
-                progress="none", tensorboard=False, **more)
+    return {**dict(data=str(dataset), out=str(out), base_filters=4, depth=2, patch_size=[32], batch_size=2,
+                   epochs=4, steps_per_epoch=2, device="cpu", augment=False, patience=None, lr=3e-3,
+                   progress="none", tensorboard=False), **more}
 
 
 @pytest.mark.parametrize("where", ["rows", "checkpoint"])
@@ -169,3 +169,48 @@ def test_streamed_safetensors_read_back_exactly_through_the_library(tmp_path):
         assert f.metadata() == {"state": "{}"}
     with pytest.raises(ValueError, match="contiguous CPU"):
         stream_tensors(tmp_path / "y.safetensors", {"t": torch.randn(4, 4).t()})
+
+
+def test_an_interrupt_snapshot_keeps_the_rows_of_the_epoch_it_replaces(tmp_path, monkeypatch):
+    import unetpp.training.saver as saver
+
+    slow = _SlowWrites()
+    monkeypatch.setattr(saver, "write_checkpoint", slow)
+    rows_written: list[list[int]] = []
+    writer = RunWriter(tmp_path, "model.safetensors", lambda rows: rows_written.append([r["epoch"] for r in rows]))
+    writer.submit(EpochFiles(_snapshot(1, 1.0), rows=[{"epoch": 1}]))
+    time.sleep(0.2)
+    writer.submit(EpochFiles(_snapshot(2, 2.0), rows=[{"epoch": 1}, {"epoch": 2}]))
+    writer.submit(EpochFiles(_snapshot(2, 2.5)))  # SIGTERM mid-epoch 3: a snapshot without rows
+    slow.release.set()
+    writer.close()
+    assert rows_written == [[1], [1, 2]]
+    with pytest.raises(RuntimeError, match="after close"):
+        writer.submit(EpochFiles(_snapshot(3, 3.0)))
+
+
+def test_metrics_of_an_older_run_gain_new_columns_on_resume(tmp_path):
+    from unetpp.training.records import write_metrics
+
+    old = [{"epoch": 1, "train_loss": 0.5, "seconds": 1.0}]
+    write_metrics(tmp_path / "metrics.csv", old + [{"epoch": 2, "train_loss": 0.4, "seconds": 1.0, "train_seconds": 0.9}])
+    rows = read_metrics(tmp_path / "metrics.csv", 10)
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["train_seconds"] == pytest.approx(0.9)
+    assert rows[0]["train_seconds"] != rows[0]["train_seconds"]  # NaN: the column did not exist then
+
+
+def test_resume_without_checkpoint_starts_only_a_run_that_never_had_one(dataset, tmp_path):
+    from unetpp.errors import RunError
+    from unetpp.training import train
+
+    torch.set_num_threads(1)
+    run = train(**_settings(dataset, tmp_path / "done", epochs=1))
+    import shutil
+
+    shutil.rmtree(run / "last")  # a finished run whose resume point was removed to save disk
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(RunError, match="nothing is deleted"):
+        train(**_settings(dataset, run, resume=True, epochs=2))
+    assert sorted(p.name for p in run.iterdir()) == before
+    fresh = train(**_settings(dataset, tmp_path / "typo", resume=True, epochs=1))  # no folder yet: started
+    assert [int(r["epoch"]) for r in read_metrics(fresh / "metrics.csv", 10)] == [1]

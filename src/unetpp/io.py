@@ -134,6 +134,8 @@ def stream_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     is safetensors' own (8-byte header length, JSON header, raw little-endian data in header
     order), and every file is read back by the safetensors library, which checks it.
     """
+    if metadata and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise ValueError("safetensors metadata must map str to str")
     header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
     offset, order = 0, sorted(tensors)
     for name in order:

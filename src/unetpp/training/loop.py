@@ -81,7 +81,7 @@ def train(config: TrainConfig | dict[str, Any] | None = None, **overrides: Any) 
     run = Path(cfg.out) if cfg.out else Path()
     info = distributed.from_env()
     with hold_run(run, enabled=bool(cfg.out) and info.main):  # one process per run folder
-        cfg, saved = start_or_resume(cfg, run)
+        cfg, saved = start_or_resume(cfg, run, info.main)
         ds = open_checked(cfg.data)
         device = runtime.pick_device(cfg.device, info.local_rank)
         distributed.setup(info, device)
@@ -171,7 +171,7 @@ def _build(cfg: TrainConfig, ds: Any, saved: dict[str, Any] | None, device: torc
                           dtype=precision.dtype)
     val_every = cfg.val_every or validation_every([tuple(ds.case_shape(n)) for n in split["val"]], patch,
                                                   cfg.val_overlap, len(loader) * batch_size)  # a run planned before
-    patch_score = (PatchScore(ds, split["val"], patch, device, precision.dtype, cfg.val_batch_size)
+    patch_score = (PatchScore(ds, split["val"], patch, device, precision.dtype, cfg.val_batch_size, info)
                    if val_every > 1 and cfg.patience is not None else None)
     return _Parts(cfg, model_config, split, model, net, optimizer, criterion, setup, precision.grad_scaler(),
                   loader, validator, val_every, patch_score)
@@ -299,8 +299,10 @@ def _train(cfg: TrainConfig, run: Path, ds: Any, saved: dict[str, Any] | None, d
                     progress.log(f"time budget of {cfg.max_minutes:g} min reached after epoch {epoch}; "
                                  "give --resume with a larger --epochs or --max-minutes to go on")
                     break
-        except BaseException:
+        except BaseException as e:
             _close_quietly(writer)  # the last snapshot still lands; the first error is the one raised
+            if isinstance(e, (TrainingInterrupted, TrainingError)):  # every process stops at the same step:
+                distributed.barrier(info)  # none exits (and has torchrun kill rank 0) before its files are whole
             raise
         else:
             writer.close()

@@ -217,6 +217,10 @@ def _gpu_batch(cfg: TrainConfig, ds: Any, cases: Sequence[str], target: DeviceTa
     two = step_memory(model, 2, cfg.patch_size, bytes_per_value)
     per_sample = two - one
     fits = int((budget - (one - per_sample)) // per_sample) if per_sample > 0 else 2
+    if fits < 2:
+        raise UnetppError(f"--patch-size {'x'.join(map(str, cfg.patch_size))}: a batch of 2 needs "
+                          f"{(one + per_sample) / 2**30:.1f} GiB, more than {MEMORY_SHARE:.0%} of the GPU's "
+                          f"{target.memory_gib:g} GiB; give a smaller patch, or --batch-size 1")
     cap = int(MAX_DATASET_SHARE * _dataset_voxels(ds, cases) // math.prod(cfg.patch_size))
     return max(2, min(fits, cap))
 
@@ -276,6 +280,8 @@ def plan_run(cfg: TrainConfig, gpu_memory_gib: float | None = None) -> tuple[Tra
         raise UnetppError(f"--gpu-memory must be a number of GiB above 0, got {gpu_memory_gib!r}")
     if gpu_memory_gib is not None and cfg.device == "auto":
         cfg = cfg.replace(device="cuda")
+    if gpu_memory_gib is not None and not cfg.device.startswith("cuda"):
+        raise UnetppError(f"--gpu-memory plans for a CUDA GPU; --device is {cfg.device}")
     target = device_target(cfg.device, gpu_memory_gib)
     ds = open_dataset(cfg.data)
     folds = cfg.folds if cfg.fold is not None else None

@@ -25,8 +25,9 @@ def read_metrics(path: Path, up_to_epoch: int) -> list[dict[str, Any]]:
     rows = []
     with path.open(newline="") as f:
         for row in csv.DictReader(f):
-            try:
-                parsed = {k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
+            try:  # a column added later (a resumed run of an older version) is empty before it
+                parsed = {k: (int(v) if k == "epoch" else float(v) if v not in ("", None) else float("nan"))
+                          for k, v in row.items() if k is not None}
             except (TypeError, ValueError):
                 continue
             if parsed["epoch"] <= up_to_epoch:
@@ -38,7 +39,8 @@ def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    columns = list(dict.fromkeys(k for row in rows for k in row))  # rows may differ (a resumed older run)
+    writer = csv.DictWriter(buf, fieldnames=columns, restval="nan", lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})

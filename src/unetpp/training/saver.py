@@ -83,17 +83,23 @@ class RunWriter:
         if not self.enabled:
             return
         with self._lock:
+            if self._closed:
+                raise RuntimeError("RunWriter.submit after close()")
             self._raise_error()
             if self._waiting is not None:  # still waiting: the newer one replaces it
                 self.superseded += 1
                 old = self._waiting
-                if files.best is None and old.best is not None:
-                    # the waiting best weights must not be lost: write them with the new checkpoint
-                    files = EpochFiles(files.checkpoint, old.best, files.rows, best_tensors=old.best_weights())
+                # what the newer one lacks (an interrupt's snapshot has no rows; an epoch that did
+                # not improve has no best weights) is carried over, never lost
+                files = EpochFiles(files.checkpoint, files.best if files.best is not None else old.best,
+                                   files.rows if files.rows is not None else old.rows,
+                                   best_tensors=files.best_tensors if files.best is not None
+                                   else old.best_weights() if old.best is not None else None)
             self._waiting = files
             if self._thread is None:
-                self._thread = threading.Thread(target=self._work, name="unetpp-run-writer", daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._work, name="unetpp-run-writer", daemon=True)
+                thread.start()
+                self._thread = thread
             self._lock.notify_all()
 
     def flush(self) -> None:
@@ -106,15 +112,17 @@ class RunWriter:
             self._raise_error()
 
     def close(self) -> None:
-        """Flush, then stop the thread."""
+        """Flush, then stop the thread. A second Ctrl-C during the flush (KeyboardInterrupt)
+        leaves at once: the write in progress is abandoned (its temporary file is removed by
+        the atomic write, or left as a ``.tmp``), the previous files stay whole."""
         try:
             self.flush()
         finally:
             with self._lock:
                 self._closed = True
                 self._lock.notify_all()
-            if self._thread is not None:
-                self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
 
     # ------------------------------------------------------------------ writer thread
     def _work(self) -> None:

@@ -15,25 +15,42 @@ from .config import TrainConfig, merge_for_resume
 from .runlock import LOCK
 
 
-def start_or_resume(cfg: TrainConfig, run: Path) -> tuple[TrainConfig, dict[str, Any] | None]:
+#: what a run writes before its first checkpoint: all that may be deleted to start it again
+BEFORE_FIRST_CHECKPOINT = ("config.json", "model.safetensors", "tensorboard", LOCK)
+
+
+def start_or_resume(cfg: TrainConfig, run: Path, main: bool = True) -> tuple[TrainConfig, dict[str, Any] | None]:
     """The config to train with and, when resuming, the run's stored config.json.
 
     A run folder without a checkpoint yet (killed before its first epoch ended) has nothing
     to resume: ``--resume`` (and ``resume="auto"``) start it, with the settings it was
-    started with (``--resume``) or those given (``"auto"``)."""
+    started with (``--resume``) or those given (``"auto"``). Only what a run writes before
+    its first checkpoint is deleted for that (:data:`BEFORE_FIRST_CHECKPOINT`); a folder that
+    holds more (a finished run whose ``last/`` was removed) is refused. ``main``: this is the
+    process that writes (rank 0 under torchrun); the others only read.
+    """
     if cfg.resume and cfg.out and not has_checkpoint(run):
-        if (run / "config.json").is_file():  # ours, stopped before its first checkpoint
+        if (run / "config.json").is_file():  # ours, stopped before its first checkpoint?
+            other = sorted(p.name for p in run.iterdir()
+                           if p.name not in BEFORE_FIRST_CHECKPOINT and not p.name.endswith(".tmp"))
+            if other:
+                raise RunError(f"{run}/last: missing, but the folder holds {', '.join(other)}: it is not a run "
+                               "stopped before its first checkpoint, so nothing is deleted; start a new run "
+                               "in another folder")
             if cfg.resume is True:
                 stored = read_run_config(run).get("train", {})
                 cfg = merge_for_resume(stored, cfg, run)
-            for item in run.iterdir():
-                if item.name != LOCK:
-                    shutil.rmtree(item) if item.is_dir() else item.unlink()
+            if main:
+                for item in run.iterdir():
+                    if item.name != LOCK:
+                        shutil.rmtree(item) if item.is_dir() else item.unlink()
             log(f"{run}: no checkpoint yet (stopped before its first epoch ended); starting the run")
+        elif cfg.resume is True:
+            log(f"{run}: no run here yet; starting it")
         cfg = cfg.replace(resume=False)
     if not cfg.resume:
         cfg.validate()
-        if run.exists() and (not run.is_dir() or any(p.name != LOCK for p in run.iterdir())):
+        if main and run.exists() and (not run.is_dir() or any(p.name != LOCK for p in run.iterdir())):
             what = "a run" if (run / "config.json").is_file() else "not empty"
             raise UnetppError(f"--out {run}: already exists ({what}); add --resume to continue it, "
                               "or choose another folder")

@@ -161,11 +161,15 @@ class PatchScore:
     MAX_CASES = 32
 
     def __init__(self, ds: Any, names: list[str], patch_size: tuple[int, ...], device: torch.device,
-                 dtype: torch.dtype | None = None, batch_size: int = 4):
+                 dtype: torch.dtype | None = None, batch_size: int = 4, info: Any = None):
         self.device, self.dtype, self.batch_size = device, dtype, batch_size
+        self.info = info or distributed.DistInfo()
         self.ignore = getattr(ds, "ignore_label", None)
-        crops = [_crop(ds.load_case(n), patch_size) for n in names[: self.MAX_CASES]]
-        self.images = torch.stack([torch.from_numpy(c[0]) for c in crops])
+        # under torchrun each process scores its share and the sums are all-reduced, so every
+        # process takes the same early-stopping decision
+        mine = [n for i, n in enumerate(names[: self.MAX_CASES]) if i % self.info.world_size == self.info.rank]
+        crops = [_crop(ds.load_case(n), patch_size) for n in mine]
+        self.images = torch.stack([torch.from_numpy(c[0]) for c in crops]) if crops else torch.zeros(0)
         self.labels = [c[1] for c in crops]
 
     @torch.no_grad()
@@ -188,7 +192,11 @@ class PatchScore:
                     scores.append(case_scores(pred, self.labels[start + i], classes, ignore=self.ignore)["iou"])
         finally:
             model.train(was_training)
-        return float(np.mean(scores))
+        sums = torch.tensor([float(np.sum(scores)), float(len(scores))], dtype=torch.float64)
+        if self.info.enabled:  # NCCL reduces CUDA tensors only
+            reduce_device = self.device if self.device.type == "cuda" else torch.device("cpu")
+            sums = distributed.all_reduce_sum(sums.to(reduce_device), self.info).cpu()
+        return float(sums[0] / max(1.0, float(sums[1])))
 
 
 def _crop(case: Any, patch: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

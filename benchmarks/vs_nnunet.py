@@ -1,0 +1,348 @@
+"""unetpp beside nnU-Net v2: one split, one wall-clock budget, one device, one evaluator (issue 22).
+
+    python benchmarks/vs_nnunet.py nuclei-2d --minutes 10 --out docs/results/vs-nnunet/nuclei-2d-cpu-10min
+    python benchmarks/vs_nnunet.py nuclei-2d --quick --out /tmp/vs        # ~6 min: the protocol end to end
+
+nnU-Net runs from its own environment, never from unetpp's (one line, ~4 min):
+``python3 -m venv .venv-nnunet && .venv-nnunet/bin/pip install torch==2.13.0 && .venv-nnunet/bin/pip install -c <(echo torch==2.13.0) nnunetv2==2.8.1``
+(``--nnunet-bin DIR`` points at another environment's ``bin``).
+
+The protocol:
+1. **One split.** DATA's own split (a fetched sample's ``splits.json``: train / val / test);
+   the test cases are held out of both tools. nnU-Net gets it as ``splits_final.json`` (fold
+   0 = our train/val), unetpp reads it from the data set.
+2. **nnU-Net v2 as its users run it**: ``nnUNetv2_plan_and_preprocess`` (its default planner),
+   its default configuration for the dims (``2d`` / ``3d_fullres``), its default trainer with
+   one change, in a subclass (``nnUNetTrainer_UnetppBudget``): after its first epoch it sets
+   ``num_epochs`` (and the poly schedule's length) so that the run fits the budget, and it
+   stops there (``on_train_end`` as usual: final checkpoint, final validation). Iterations per
+   epoch stay nnU-Net's (250 + 50 validation). The subclass is written at the top of
+   nnU-Net's trainer folder: nnU-Net looks trainers up by importing its modules one by one,
+   and a Primus trainer met before it imports timm -> torchvision, which does not load
+   beside the CPU torch.
+3. **unetpp with its defaults** under the same budget: ``unetpp train DATA --max-minutes M``,
+   then ``unetpp prune``.
+4. Both predict the test cases with their defaults (nnU-Net: mirroring TTA; unetpp: the mode,
+   level and window prune chose), and **one evaluator** scores both: ``unetpp evaluate --pred
+   --ref`` (Dice, HD95); nnU-Net's own evaluation scores the same masks as a cross-check.
+5. ``DIR/results.json`` (schema in the issue), ``results.md`` with every command, and
+   ``cases.png`` (Dice per test case). Wall seconds and peak RSS of every command.
+
+Never a timed test. Binary 2D image data sets (PNG/TIF images and masks) and nnU-Net-layout
+volume data sets are supported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+TRAINER = "nnUNetTrainer_UnetppBudget"
+TRAINER_CODE = '''"""nnU-Net's default trainer, its length fitted to a wall-clock budget (unetpp's
+benchmarks/vs_nnunet.py writes this file; the budget is the only change)."""
+import os
+import time
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+
+class _BudgetReached(Exception):
+    pass
+
+
+class nnUNetTrainer_UnetppBudget(nnUNetTrainer):
+    def on_train_start(self):
+        super().on_train_start()
+        self._budget_s = float(os.environ["UNETPP_BENCH_BUDGET_S"])
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self):
+        super().on_epoch_end()  # current_epoch is now the number of epochs done
+        per_epoch = (time.perf_counter() - self._started) / self.current_epoch
+        if self.current_epoch == 1:  # fit the run to the budget; the poly schedule follows
+            self.num_epochs = max(1, int(self._budget_s / per_epoch))
+            self.lr_scheduler.max_steps = self.num_epochs
+            self.print_to_log_file(f"budget {self._budget_s:.0f} s: {self.num_epochs} epochs of {per_epoch:.1f} s")
+        if self.current_epoch >= self.num_epochs:
+            raise _BudgetReached
+
+    def run_training(self):
+        try:
+            super().run_training()
+        except _BudgetReached:
+            self.on_train_end()
+'''
+DATASET_ID = 501
+
+
+# ------------------------------------------------------------------------------ helpers
+def run(cmd: list[str], log: Path, env: dict[str, str] | None = None, timeout: float | None = None) -> dict[str, Any]:
+    """Run ``cmd`` with its output in ``log``; wall seconds and the peak RSS (MB) of its
+    largest process, from a wrapper that waits for it alone."""
+    wrapper = ("import resource, subprocess, sys, json; r = subprocess.run(sys.argv[1:]); "
+               "print(json.dumps({'rc': r.returncode, 'peak_mb': resource.getrusage(resource.RUSAGE_CHILDREN)"
+               ".ru_maxrss / 1024}))")
+    t0 = time.perf_counter()
+    with log.open("a") as f:
+        f.write(f"$ {' '.join(cmd)}\n")
+        f.flush()
+        r = subprocess.run([sys.executable, "-c", wrapper, *cmd], stdout=subprocess.PIPE, stderr=f, text=True,
+                           env={**os.environ, **(env or {})}, timeout=timeout)
+        f.write(r.stdout)
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    if info["rc"] != 0:
+        raise SystemExit(f"failed ({info['rc']}): {' '.join(cmd)}; see {log}")
+    return {"seconds": round(time.perf_counter() - t0, 1), "peak_mb": round(info["peak_mb"])}
+
+
+def load_split(data: str) -> tuple[Any, dict[str, list[str]]]:
+    from unetpp.data import open_dataset
+
+    ds = open_dataset(data)
+    split = ds.default_split
+    if not split or not split.get("test") or not split.get("train") or not split.get("val"):
+        raise SystemExit(f"{data}: needs its own train/val/test split (splits.json), so both tools hold out the "
+                         "same test cases")
+    if ds.classes != 1:
+        raise SystemExit(f"{data}: {ds.classes} classes; this benchmark compares binary tasks")
+    return ds, {k: list(split[k]) for k in ("train", "val", "test")}
+
+
+def case_files(ds: Any, name: str) -> tuple[Path, Path | None]:
+    """The source image and label files of a case (the raw files, not the prepared copy)."""
+    from unetpp.data.layouts import scan
+
+    case = {c.name: c for c in scan(ds.root).cases}[name]
+    return Path(case.images[0]), (Path(case.label) if case.label else None)
+
+
+def write_nnunet_raw(ds: Any, split: dict[str, list[str]], raw: Path, work: Path) -> tuple[int, str]:
+    """nnU-Net's raw data set (and unetpp's test inputs and the references, both tools' 0/1
+    masks) from DATA's files; returns (dims, file ending)."""
+    from PIL import Image
+
+    folder = raw / f"Dataset{DATASET_ID:03d}_{Path(str(ds.root)).name.replace('-', '')}"
+    shutil.rmtree(folder, ignore_errors=True)
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        (folder / sub).mkdir(parents=True)
+    for sub in ("test_images", "test_labels"):
+        shutil.rmtree(work / sub, ignore_errors=True)
+        (work / sub).mkdir(parents=True)
+    image0, _ = case_files(ds, split["train"][0])
+    volumes = ds.spatial_dims == 3
+    ending = ".nii.gz" if volumes else ".png"
+    for part in ("train", "val", "test"):
+        for name in split[part]:
+            image, label = case_files(ds, name)
+            tr = part != "test"
+            img_dst = folder / ("imagesTr" if tr else "imagesTs") / f"{name}_0000{ending}"
+            lab_dst = folder / "labelsTr" / f"{name}{ending}" if tr else work / "test_labels" / f"{name}{ending}"
+            if volumes:  # nnU-Net layout already: the files as they are
+                shutil.copy(image, img_dst)
+                shutil.copy(label, lab_dst)
+            else:  # grey PNG images, 0/1 PNG masks (nnU-Net's natural-image reader)
+                Image.open(image).convert("L").save(img_dst)
+                Image.fromarray((np.asarray(Image.open(label)) > 0).astype(np.uint8)).save(lab_dst)
+            if not tr:
+                shutil.copy(img_dst, work / "test_images" / f"{name}{ending}")
+    labels = {"background": 0, ds.labels.get(1, "foreground"): 1}
+    channel = "CT" if ds.modality == "ct" else "image"
+    (folder / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": channel}, "labels": labels,
+        "numTraining": len(split["train"]) + len(split["val"]), "file_ending": ending}, indent=2))
+    return ds.spatial_dims, ending
+
+
+def install_trainer(nnunet_bin: Path) -> None:
+    python = nnunet_bin / "python"
+    where = subprocess.run([str(python), "-c", "import nnunetv2, os; print(os.path.dirname(nnunetv2.__file__))"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    target = Path(where) / "training" / "nnUNetTrainer" / f"{TRAINER}.py"
+    target.write_text(TRAINER_CODE)
+
+
+def scores(pred: Path, ref: Path, out: Path, log: Path) -> dict[str, dict[str, float]]:
+    """The one evaluator: ``unetpp evaluate --pred --ref`` (Dice and HD95 per case)."""
+    run([str(ROOT / ".venv" / "bin" / "unetpp"), "evaluate", "--pred", str(pred), "--ref", str(ref),
+         "--json", str(out)], log)
+    report = json.loads(out.read_text())
+    cases = {}
+    for row in report["cases"]:
+        cases[row["case"]] = {"dice": row.get("dice"), "hd95": row.get("hd95")}
+    return cases
+
+
+def nnunet_cross_check(nnunet_bin: Path, pred: Path, ref: Path, dataset_json: Path, log: Path) -> dict[str, float]:
+    """nnU-Net's own Dice of the same masks (its evaluator), per case."""
+    out = pred / "nnunet_summary.json"
+    run([str(nnunet_bin / "nnUNetv2_evaluate_simple"), str(ref), str(pred), "-l", "1", "-o", str(out), "-np", "2"], log)
+    summary = json.loads(out.read_text())
+    return {Path(c["prediction_file"]).name.split(".")[0]: c["metrics"]["1"]["Dice"]
+            for c in summary["metric_per_case"]}
+
+
+# ------------------------------------------------------------------------------ the two tools
+def nnunet(args: argparse.Namespace, split: dict[str, list[str]], dims: int, work: Path, log: Path) -> dict[str, Any]:
+    bin_, env = args.nnunet_bin, {"nnUNet_raw": str(work / "nnUNet_raw"),
+                                  "nnUNet_preprocessed": str(work / "nnUNet_preprocessed"),
+                                  "nnUNet_results": str(work / "nnUNet_results"), "nnUNet_n_proc_DA": "2",
+                                  "nnUNet_compile": "f", "UNETPP_BENCH_BUDGET_S": str(args.minutes * 60)}
+    config = "2d" if dims == 2 else "3d_fullres"
+    install_trainer(bin_)
+    out: dict[str, Any] = {"configuration": config, "trainer": TRAINER, "commands": []}
+
+    def step(name: str, cmd: list[str]) -> dict[str, Any]:
+        out["commands"].append(" ".join(cmd))
+        r = run(cmd, log, env)
+        out[name] = r
+        return r
+
+    step("plan_and_preprocess", [str(bin_ / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", config,
+                                 "-np", "2", "--verify_dataset_integrity"])
+    pre = next((work / "nnUNet_preprocessed").glob(f"Dataset{DATASET_ID:03d}_*"))
+    (pre / "splits_final.json").write_text(json.dumps([{"train": split["train"], "val": split["val"]}], indent=2))
+    step("train", [str(bin_ / "nnUNetv2_train"), str(DATASET_ID), config, "0", "-tr", TRAINER, "-device", args.device])
+    pred = work / "pred_nnunet"
+    shutil.rmtree(pred, ignore_errors=True)
+    raw = next((work / "nnUNet_raw").glob(f"Dataset{DATASET_ID:03d}_*"))
+    step("predict", [str(bin_ / "nnUNetv2_predict"), "-i", str(raw / "imagesTs"), "-o", str(pred), "-d",
+                     str(DATASET_ID), "-c", config, "-f", "0", "-tr", TRAINER, "-device", args.device,
+                     "-npp", "1", "-nps", "1"])
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())["configurations"][config]
+    out.update(pred=str(pred), train_seconds=out["train"]["seconds"], patch=plans["patch_size"],
+               batch=plans["batch_size"], inference_seconds_per_case=round(out["predict"]["seconds"] / len(split["test"]), 2))
+    return out
+
+
+def unetpp(args: argparse.Namespace, data: str, split: dict[str, list[str]], work: Path, log: Path) -> dict[str, Any]:
+    cli = str(ROOT / ".venv" / "bin" / "unetpp")
+    runs = work / "unetpp_run"
+    shutil.rmtree(runs, ignore_errors=True)
+    out: dict[str, Any] = {"commands": []}
+
+    def step(name: str, cmd: list[str]) -> dict[str, Any]:
+        out["commands"].append(" ".join(cmd))
+        out[name] = run(cmd, log)
+        return out[name]
+
+    step("train", [cli, "train", data, "--out", str(runs), "--max-minutes", f"{args.minutes:g}", "--device",
+                   args.device, "--epochs", "100000"])
+    step("prune", [cli, "prune", str(runs), data])
+    pred = work / "pred_unetpp"
+    shutil.rmtree(pred, ignore_errors=True)
+    step("predict", [cli, "predict", str(runs), str(work / "test_images"), "--out", str(pred), "--device", args.device])
+    cfg = json.loads((runs / "config.json").read_text())["train"]
+    chosen = json.loads((runs / "prune.json").read_text()).get("chosen", {})
+    out.update(pred=str(pred), train_seconds=out["train"]["seconds"], patch=cfg["patch_size"], batch=cfg["batch_size"],
+               chosen=chosen, inference_seconds_per_case=round(out["predict"]["seconds"] / len(split["test"]), 2))
+    return out
+
+
+# ------------------------------------------------------------------------------ report
+def markdown(result: dict[str, Any]) -> str:
+    lines = [f"# unetpp vs nnU-Net v2 ({result['device']}, budget {result['minutes']:g} min)", ""]
+    for d in result["datasets"]:
+        u, n = d["unetpp"], d["nnunet"]
+        lines += [f"## {d['name']} ({d['dims']}D): {len(d['split']['train'])} train, {len(d['split']['val'])} val, "
+                  f"{len(d['split']['test'])} test cases", "",
+                  "| | mean test Dice | mean HD95 | train s (wall) | inference s / case (wall, incl. start-up) | "
+                  "peak RSS MB (train) | patch x batch |", "|---|---:|---:|---:|---:|---:|---|"]
+        for tool, r in (("unetpp", u), ("nnU-Net v2", n)):
+            dice = [c["dice"] for c in r["cases"].values()]
+            hd = [c["hd95"] for c in r["cases"].values() if c["hd95"] is not None and np.isfinite(c["hd95"])]
+            lines.append(f"| {tool} | {np.mean(dice):.4f} | {np.mean(hd) if hd else float('nan'):.2f} | "
+                         f"{r['train_seconds']:.0f} | {r['inference_seconds_per_case']:.2f} | {r['train']['peak_mb']} | "
+                         f"{'x'.join(map(str, r['patch']))} x {r['batch']} |")
+        lines += ["", "| case | unetpp Dice | nnU-Net Dice | nnU-Net's own evaluator on nnU-Net's mask |",
+                  "|---|---:|---:|---:|"]
+        for case in sorted(u["cases"]):
+            lines.append(f"| {case} | {u['cases'][case]['dice']:.4f} | {n['cases'][case]['dice']:.4f} | "
+                         f"{d['cross_check'].get(case, float('nan')):.4f} |")
+        lines += ["", f"unetpp chose {u.get('chosen')} on its validation cases.", "", "Commands:", "", "```"]
+        lines += d["prepare_commands"] + u["commands"] + n["commands"] + d["eval_commands"] + ["```", ""]
+    lines += [f"Test sets are small ({', '.join(str(len(d['split']['test'])) for d in result['datasets'])} cases): "
+              "differences within a few Dice points are not evidence either way.", ""]
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    d = result["datasets"][0]
+    cases = sorted(d["unetpp"]["cases"])
+    fig = Figure(figsize=(max(4, 1.2 * len(cases) + 2), 3.5), dpi=100)
+    ax = fig.subplots()
+    x = np.arange(len(cases))
+    ax.bar(x - 0.2, [d["unetpp"]["cases"][c]["dice"] for c in cases], 0.4, label="unetpp")
+    ax.bar(x + 0.2, [d["nnunet"]["cases"][c]["dice"] for c in cases], 0.4, label="nnU-Net v2")
+    ax.set_xticks(x, cases, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("Dice")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{d['name']}: test cases, {result['minutes']:g} min each ({result['device']})")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data", help="dataset folder or fetched sample name (with its own train/val/test split)")
+    ap.add_argument("--minutes", type=float, default=10.0, help="training budget of each tool, wall-clock minutes")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the same for both)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--quick", action="store_true", help="a tiny budget (1.5 min each): proves the protocol")
+    ap.add_argument("--work", type=Path, default=None, help="scratch folder (default OUT/work, deleted after)")
+    ap.add_argument("--nnunet-bin", type=Path, default=ROOT / ".venv-nnunet" / "bin")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.minutes = 1.5
+    if not (args.nnunet_bin / "nnUNetv2_train").is_file():
+        raise SystemExit(f"{args.nnunet_bin}: no nnU-Net v2 here; make it with the one line in this script's docstring")
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = args.work or args.out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    log = args.out / "log.txt"
+    ds, split = load_split(args.data)
+    dims, _ = write_nnunet_raw(ds, split, work / "nnUNet_raw", work)
+    entry: dict[str, Any] = {"name": Path(str(ds.root)).name, "dims": dims, "split": split,
+                             "prepare_commands": [f"python benchmarks/vs_nnunet.py {args.data} --minutes {args.minutes:g} "
+                                                  f"--device {args.device} --out {args.out}"]}
+    entry["unetpp"] = unetpp(args, args.data, split, work, log)
+    entry["nnunet"] = nnunet(args, split, dims, work, log)
+    entry["eval_commands"] = []
+    for tool in ("unetpp", "nnunet"):
+        pred = Path(entry[tool]["pred"])
+        entry[tool]["cases"] = scores(pred, work / "test_labels", args.out / f"eval_{tool}.json", log)
+        entry["eval_commands"].append(f"unetpp evaluate --pred {pred.name} --ref test_labels --json eval_{tool}.json")
+        shutil.copytree(pred, args.out / f"pred_{tool}", dirs_exist_ok=True)
+    dataset_json = next((work / "nnUNet_raw").glob(f"Dataset{DATASET_ID:03d}_*")) / "dataset.json"
+    entry["cross_check"] = nnunet_cross_check(args.nnunet_bin, Path(entry["nnunet"]["pred"]), work / "test_labels",
+                                              dataset_json, log)
+    result = {"device": args.device, "minutes": args.minutes, "datasets": [entry]}
+    (args.out / "results.json").write_text(json.dumps(result, indent=2))
+    (args.out / "results.md").write_text(markdown(result))
+    plot(result, args.out / "cases.png")
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+    print((args.out / "results.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
