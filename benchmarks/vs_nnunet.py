@@ -239,7 +239,7 @@ def unetpp(args: argparse.Namespace, data: str, split: dict[str, list[str]], wor
         return out[name]
 
     step("train", [cli, "train", data, "--out", str(runs), "--max-minutes", f"{args.minutes:g}", "--device",
-                   args.device, "--epochs", "100000"])
+                   args.device, "--epochs", "100000", *args.unetpp_args.split()])
     step("prune", [cli, "prune", str(runs), data])
     pred = work / "pred_unetpp"
     shutil.rmtree(pred, ignore_errors=True)
@@ -271,7 +271,10 @@ def markdown(result: dict[str, Any]) -> str:
         for case in sorted(u["cases"]):
             lines.append(f"| {case} | {u['cases'][case]['dice']:.4f} | {n['cases'][case]['dice']:.4f} | "
                          f"{d['cross_check'].get(case, float('nan')):.4f} |")
-        lines += ["", f"unetpp chose {u.get('chosen')} on its validation cases.", "", "Commands:", "", "```"]
+        lines += ["", f"unetpp chose {u.get('chosen')} on its validation cases"
+                  + (f"; unetpp's train had `{u['extra_args']}`" if u.get("extra_args") else "; every default")
+                  + (f"; nnU-Net's side is reused from {d['nnunet_from']}" if d.get("nnunet_from") else "") + ".",
+                  "", "Commands:", "", "```"]
         lines += d["prepare_commands"] + u["commands"] + n["commands"] + d["eval_commands"] + ["```", ""]
     lines += [f"Test sets are small ({', '.join(str(len(d['split']['test'])) for d in result['datasets'])} cases): "
               "differences within a few Dice points are not evidence either way.", ""]
@@ -300,6 +303,15 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.savefig(path)
 
 
+def reused_nnunet(args: argparse.Namespace, split: dict[str, list[str]]) -> dict[str, Any]:
+    """The nnU-Net side of an earlier run, refused unless it had the same split, device and budget."""
+    earlier = json.loads(args.nnunet_from.read_text())
+    entry = earlier["datasets"][0]
+    if entry["split"] != split or earlier["device"] != args.device or earlier["minutes"] != args.minutes:
+        raise SystemExit(f"{args.nnunet_from}: another split, device or budget; run nnU-Net again")
+    return entry
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", help="dataset folder or fetched sample name (with its own train/val/test split)")
@@ -309,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a tiny budget (1.5 min each): proves the protocol")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default OUT/work, deleted after)")
     ap.add_argument("--nnunet-bin", type=Path, default=ROOT / ".venv-nnunet" / "bin")
+    ap.add_argument("--unetpp-args", default="", help="more `unetpp train` flags: one ablation at a time, "
+                    "e.g. '--preset modern'")
+    ap.add_argument("--nnunet-from", type=Path, default=None, help="results.json of an earlier run with the same "
+                    "data, split, device and budget: its nnU-Net side is reused (for unetpp ablations)")
     args = ap.parse_args(argv)
     if args.quick:
         args.minutes = 1.5
@@ -322,18 +338,25 @@ def main(argv: list[str] | None = None) -> int:
     dims, _ = write_nnunet_raw(ds, split, work / "nnUNet_raw", work)
     entry: dict[str, Any] = {"name": Path(str(ds.root)).name, "dims": dims, "split": split,
                              "prepare_commands": [f"python benchmarks/vs_nnunet.py {args.data} --minutes {args.minutes:g} "
-                                                  f"--device {args.device} --out {args.out}"]}
+                                                  f"--device {args.device} --out {args.out}"
+                                                  + (f" --unetpp-args '{args.unetpp_args}'" if args.unetpp_args else "")
+                                                  + (f" --nnunet-from {args.nnunet_from}" if args.nnunet_from else "")]}
     entry["unetpp"] = unetpp(args, args.data, split, work, log)
-    entry["nnunet"] = nnunet(args, split, dims, work, log)
+    entry["unetpp"]["extra_args"] = args.unetpp_args
+    earlier = reused_nnunet(args, split) if args.nnunet_from else None
+    entry["nnunet"] = earlier["nnunet"] if earlier else nnunet(args, split, dims, work, log)
     entry["eval_commands"] = []
-    for tool in ("unetpp", "nnunet"):
+    for tool in ("unetpp",) if earlier else ("unetpp", "nnunet"):
         pred = Path(entry[tool]["pred"])
         entry[tool]["cases"] = scores(pred, work / "test_labels", args.out / f"eval_{tool}.json", log)
         entry["eval_commands"].append(f"unetpp evaluate --pred {pred.name} --ref test_labels --json eval_{tool}.json")
         shutil.copytree(pred, args.out / f"pred_{tool}", dirs_exist_ok=True)
-    dataset_json = next((work / "nnUNet_raw").glob(f"Dataset{DATASET_ID:03d}_*")) / "dataset.json"
-    entry["cross_check"] = nnunet_cross_check(args.nnunet_bin, Path(entry["nnunet"]["pred"]), work / "test_labels",
-                                              dataset_json, log)
+    if earlier:
+        entry["cross_check"], entry["nnunet_from"] = earlier["cross_check"], str(args.nnunet_from)
+    else:
+        dataset_json = next((work / "nnUNet_raw").glob(f"Dataset{DATASET_ID:03d}_*")) / "dataset.json"
+        entry["cross_check"] = nnunet_cross_check(args.nnunet_bin, Path(entry["nnunet"]["pred"]),
+                                                  work / "test_labels", dataset_json, log)
     result = {"device": args.device, "minutes": args.minutes, "datasets": [entry]}
     (args.out / "results.json").write_text(json.dumps(result, indent=2))
     (args.out / "results.md").write_text(markdown(result))

@@ -41,12 +41,12 @@ def train(
     patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better "
                                            "validation score. [default: 20]", rich_help_panel=H_OPT),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Patches per step (per process). "
-                                             "[default: 8 in 2D, 2 in 3D]", rich_help_panel=H_OPT),
+                                             "[default: CPU 8 in 2D, 2 in 3D; CUDA from its memory: 'unetpp data plan']", rich_help_panel=H_OPT),
     patch_size: Optional[str] = typer.Option(None, "--patch-size", help="S, or S,S[,S] per axis. "
-                                             "[default: 96 in 2D, 64 in 3D]", rich_help_panel=H_OPT),
+                                             "[default: CPU 96 in 2D, 64 in 3D; CUDA from its memory]", rich_help_panel=H_OPT),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate. [default: 3e-4]", rich_help_panel=H_OPT),
     steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch", help="Steps per epoch. "
-                                                  "[default: one patch per training case]", rich_help_panel=H_OPT),
+                                                  "[default: CPU every training voxel about once; CUDA 250]", rich_help_panel=H_OPT),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop (resumable) after this "
                                                 "much training time.", rich_help_panel=H_OPT),
     val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N epochs (and after "
@@ -65,7 +65,7 @@ def train(
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Training augmentation. "
                                            "[default: on]", rich_help_panel=H_DATA),
     num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Loader worker processes. "
-                                              "[default: CUDA: cores-1 (max 8); CPU: 0]", rich_help_panel=H_DATA),
+                                              "[default: CUDA: enough for 2x what the GPU consumes; CPU: 0]", rich_help_panel=H_DATA),
     seed: Optional[int] = typer.Option(None, help="Seed of everything (init, split, patches). [default: 0]",
                                        rich_help_panel=H_RUN),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps. [default: auto]",
@@ -77,7 +77,8 @@ def train(
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
                                                  help="channels_last memory format. [default: "
                                                  "where it pays: CUDA]", rich_help_panel=H_RUN),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model.",
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model. [default: on CUDA "
+                                           "when the run is long enough to earn its first step back]",
                                            rich_help_panel=H_RUN),
     deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic",
                                                  help="Deterministic algorithms (slower on GPU).",

@@ -1,0 +1,119 @@
+"""benchmarks/vs_nnunet.py without nnU-Net: the budget trainer's logic (against a stand-in for
+nnU-Net's trainer loop), the raw data set it writes, and the report."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unetpp.data.synthetic import write_synthetic_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import vs_nnunet  # noqa: E402
+
+
+class _FakeScheduler:
+    max_steps = 1000
+
+
+class _FakeTrainer:
+    """nnU-Net's loop as it is shaped: range(current_epoch, num_epochs), evaluated once."""
+
+    def __init__(self, clock):
+        self.current_epoch, self.num_epochs, self.lr_scheduler, self.clock = 0, 1000, _FakeScheduler(), clock
+        self.ended, self.log = False, []
+
+    def on_train_start(self):
+        pass
+
+    def on_epoch_end(self):
+        self.current_epoch += 1
+
+    def on_train_end(self):
+        self.ended = True
+
+    def print_to_log_file(self, *args):
+        self.log.append(" ".join(map(str, args)))
+
+    def run_training(self):
+        self.on_train_start()
+        for _ in range(self.current_epoch, self.num_epochs):
+            self.clock.now += 3.0  # an epoch takes 3 s
+            self.on_epoch_end()
+        self.on_train_end()
+
+
+def test_budget_trainer_fits_the_epochs_to_the_budget_and_ends_normally(monkeypatch):
+    clock = types.SimpleNamespace(now=0.0)
+    fake = types.ModuleType("nnunetv2.training.nnUNetTrainer.nnUNetTrainer")
+    fake.nnUNetTrainer = lambda: None  # replaced below by a class bound to the clock
+
+    class Base(_FakeTrainer):
+        def __init__(self):
+            super().__init__(clock)
+
+    fake.nnUNetTrainer = Base
+    for name in ("nnunetv2", "nnunetv2.training", "nnunetv2.training.nnUNetTrainer"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    monkeypatch.setenv("UNETPP_BENCH_BUDGET_S", "10")
+    namespace: dict = {}
+    exec(compile(vs_nnunet.TRAINER_CODE, "trainer", "exec"), namespace)
+    monkeypatch.setattr(namespace["time"], "perf_counter", lambda: clock.now)  # the trainer's clock: the fake
+    trainer = namespace[vs_nnunet.TRAINER]()
+    trainer.run_training()
+    assert trainer.current_epoch == 3 and trainer.num_epochs == 3  # 10 s / 3 s an epoch
+    assert trainer.lr_scheduler.max_steps == 3 and trainer.ended and "3 epochs" in trainer.log[0]
+
+
+def test_raw_data_set_holds_the_split_with_test_cases_apart(tmp_path):
+    data = write_synthetic_dataset(tmp_path / "blobs", n_cases=6, size=32, seed=0)
+    names = sorted(p.stem for p in (data / "images").iterdir())
+    (data / "splits.json").write_text(json.dumps({"train": names[:3], "val": names[3:4], "test": names[4:]}))
+    ds, split = vs_nnunet.load_split(str(data))
+    dims, ending = vs_nnunet.write_nnunet_raw(ds, split, tmp_path / "raw", tmp_path / "work")
+    folder = next((tmp_path / "raw").iterdir())
+    assert (dims, ending) == (2, ".png")
+    assert sorted(p.name for p in (folder / "imagesTr").iterdir()) == [f"{n}_0000.png" for n in names[:4]]
+    assert sorted(p.name for p in (folder / "imagesTs").iterdir()) == [f"{n}_0000.png" for n in names[4:]]
+    assert sorted(p.name for p in (tmp_path / "work" / "test_labels").iterdir()) == [f"{n}.png" for n in names[4:]]
+    from PIL import Image
+
+    label = np.asarray(Image.open(folder / "labelsTr" / f"{names[0]}.png"))
+    assert set(np.unique(label)) <= {0, 1} and label.any()  # nnU-Net wants 0/1, the files hold 0/255
+    info = json.loads((folder / "dataset.json").read_text())
+    assert info["numTraining"] == 4 and info["file_ending"] == ".png" and info["labels"]["background"] == 0
+
+
+def test_report_states_means_per_case_scores_and_every_command(tmp_path):
+    def tool(dice):
+        return {"cases": {"a": {"dice": dice[0], "hd95": 2.0}, "b": {"dice": dice[1], "hd95": float("inf")}},
+                "train_seconds": 600.0, "inference_seconds_per_case": 1.5, "train": {"peak_mb": 900},
+                "patch": [96, 96], "batch": 8, "commands": ["cmd-" + str(dice[0])]}
+
+    result = {"device": "cpu", "minutes": 10.0, "datasets": [{
+        "name": "blobs", "dims": 2, "split": {"train": ["x"], "val": ["y"], "test": ["a", "b"]},
+        "unetpp": {**tool((0.8, 0.9)), "chosen": {"mode": "fast", "level": 2}}, "nnunet": tool((0.7, 0.95)),
+        "cross_check": {"a": 0.7, "b": 0.95}, "prepare_commands": ["prep"], "eval_commands": ["eval"]}]}
+    text = vs_nnunet.markdown(result)
+    assert "| unetpp | 0.8500 | 2.00 |" in text and "| nnU-Net v2 | 0.8250 |" in text
+    assert "| a | 0.8000 | 0.7000 | 0.7000 |" in text
+    assert all(c in text for c in ("prep", "cmd-0.8", "cmd-0.7", "eval")) and "2 cases" in text
+    vs_nnunet.plot(result, tmp_path / "cases.png")
+    assert (tmp_path / "cases.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("with_split", [True, False])
+def test_a_data_set_without_its_own_test_split_is_refused(tmp_path, with_split):
+    data = write_synthetic_dataset(tmp_path / "blobs", n_cases=4, size=32, seed=0)
+    names = sorted(p.stem for p in (data / "images").iterdir())
+    if with_split:  # train and val, but no test cases
+        (data / "splits.json").write_text(json.dumps({"train": names[:3], "val": names[3:]}))
+    with pytest.raises(SystemExit):
+        vs_nnunet.load_split(str(data))
