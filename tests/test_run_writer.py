@@ -24,8 +24,9 @@ from unetpp.training.records import read_metrics
 from unetpp.training.saver import EpochFiles, RunWriter
 
 
-def _snapshot(epoch: int, value: float) -> Snapshot:
-    return Snapshot({"model.w": torch.full((4,), value)}, {"format": "x", "train": {"epoch": epoch}})
+def _snapshot(epoch: int, value: float, rows: list[dict] | None = None) -> Snapshot:
+    state = {"format": "x", "train": {"epoch": epoch}}
+    return Snapshot({"model.w": torch.full((4,), value)}, state if rows is None else {**state, "rows": rows})
 
 
 class _SlowWrites:
@@ -48,11 +49,11 @@ def test_a_slow_write_keeps_only_the_newest_waiting_and_carries_best_weights(tmp
     monkeypatch.setattr(saver, "write_checkpoint", slow)
     rows_written: list[int] = []
     writer = RunWriter(tmp_path, "model.safetensors", lambda rows: rows_written.append(rows[-1]["epoch"]))
-    writer.submit(EpochFiles(_snapshot(1, 1.0), rows=[{"epoch": 1}]))
+    writer.submit(EpochFiles(_snapshot(1, 1.0, [{"epoch": 1}])))
     time.sleep(0.2)  # epoch 1 is being written (and waits)
-    writer.submit(EpochFiles(_snapshot(2, 2.0), best={"epoch": "2"}, rows=[{"epoch": 1}, {"epoch": 2}]))
+    writer.submit(EpochFiles(_snapshot(2, 2.0, [{"epoch": 1}, {"epoch": 2}]), best={"epoch": "2"}))
     t0 = time.perf_counter()
-    writer.submit(EpochFiles(_snapshot(3, 3.0), rows=[{"epoch": e} for e in (1, 2, 3)]))
+    writer.submit(EpochFiles(_snapshot(3, 3.0, [{"epoch": e} for e in (1, 2, 3)])))
     assert time.perf_counter() - t0 < 0.5  # submitting never waits for the disk
     slow.release.set()
     writer.close()
@@ -178,10 +179,11 @@ def test_an_interrupt_snapshot_keeps_the_rows_of_the_epoch_it_replaces(tmp_path,
     monkeypatch.setattr(saver, "write_checkpoint", slow)
     rows_written: list[list[int]] = []
     writer = RunWriter(tmp_path, "model.safetensors", lambda rows: rows_written.append([r["epoch"] for r in rows]))
-    writer.submit(EpochFiles(_snapshot(1, 1.0), rows=[{"epoch": 1}]))
+    writer.submit(EpochFiles(_snapshot(1, 1.0, [{"epoch": 1}])))
     time.sleep(0.2)
-    writer.submit(EpochFiles(_snapshot(2, 2.0), rows=[{"epoch": 1}, {"epoch": 2}]))
-    writer.submit(EpochFiles(_snapshot(2, 2.5)))  # SIGTERM mid-epoch 3: a snapshot without rows
+    writer.submit(EpochFiles(_snapshot(2, 2.0, [{"epoch": 1}, {"epoch": 2}])))
+    # SIGTERM mid-epoch 3: the loop's snapshot holds the completed epochs' rows, as every one does
+    writer.submit(EpochFiles(_snapshot(2, 2.5, [{"epoch": 1}, {"epoch": 2}])))
     slow.release.set()
     writer.close()
     assert rows_written == [[1], [1, 2]]

@@ -45,6 +45,7 @@ from . import distributed
 from .checkpoint import checkpoint_rows, load_checkpoint, rng_state, snapshot_checkpoint
 from .config import TrainConfig, as_config
 from .loss import DeepSupervisionLoss
+from .plan import model_config as plan_model_config
 from .plan import settle
 from .records import Records
 from .runlock import hold_run
@@ -132,11 +133,7 @@ def _build(cfg: TrainConfig, ds: Any, saved: dict[str, Any] | None, device: torc
                      + (", torch.compile" if cfg.compile else "") + f", {cfg.num_workers} loader workers"
                      + (f", whole-case validation every {cfg.val_every} epochs (and after the last; --val-every 1 "
                         "for every epoch)" if (cfg.val_every or 1) > 1 else ""))
-        model_config = ModelConfig.from_preset(cfg.arch, cfg.preset, dims=cfg.dims, in_channels=ds.channels,
-                                               classes=ds.classes, depth=cfg.depth,
-                                               base_filters=cfg.base_filters,
-                                               deep_supervision=cfg.deep_supervision, strides=cfg.strides,
-                                               kernel_sizes=cfg.kernel_sizes)
+        model_config = plan_model_config(cfg, ds)
     check_model_size(model_config, where="--arch/--width/--depth")  # before allocating anything
     model = build_model(model_config)
     levels = tuple(model.levels)
@@ -286,7 +283,7 @@ def _train(cfg: TrainConfig, run: Path, ds: Any, saved: dict[str, Any] | None, d
                     last = last or state["bad_epochs"] >= (cfg.patience or 0)  # stopping: validate it whole
                 scores = p.validator(model) if epoch % p.val_every == 0 or last else None
                 best = _end_epoch(epoch, scores, state, records, p, t0, train_seconds)
-                writer.submit(EpochFiles(snapshot(epoch, 0), best=best, rows=list(records.rows)))
+                writer.submit(EpochFiles(snapshot(epoch, 0), best=best))
                 _log_epoch(progress, epoch, cfg.epochs, records.rows[-1], scores, levels, state, best is not None)
                 if stop.signum is not None:  # arrived during validation: the epoch is saved whole
                     raise interrupted(stop.signum, f"after epoch {epoch}")

@@ -95,7 +95,7 @@ def settle(cfg: TrainConfig, ds: Any, train_cases: Sequence[str], target: Device
     if cfg.patch_size:
         patch = list(cfg.patch_size) * dims if len(cfg.patch_size) == 1 else list(cfg.patch_size)
     elif gpu and strides is None:
-        patch, batch, strides, kernels = _gpu_patch_and_batch(cfg, ds, train_cases, target, batch)
+        patch, strides, kernels = _gpu_patch(cfg, ds, train_cases, target)
     elif dims == 3 and _anisotropic(ds.target_spacing) and strides is None:
         # in millimetres and by memory (today's 64^3 voxels), pooling per axis (nnU-Net's rule)
         shape = [max(ds.case_shape(n)[d] for n in train_cases) for d in range(3)]
@@ -167,10 +167,23 @@ def _spacing(ds: Any, dims: int) -> list[float]:
     return spacing if len(spacing) == dims and all(s > 0 for s in spacing) else [1.0] * dims
 
 
-def _model(cfg: TrainConfig, ds: Any, strides: Any, kernels: Any) -> ModelConfig:
+def model_config(cfg: TrainConfig, ds: Any, strides: Any = None, kernels: Any = None) -> ModelConfig:
+    """The network ``cfg`` trains on ``ds`` (``strides``/``kernels``: a candidate topology
+    while planning; default: the config's own). The training loop builds its model from this."""
     return ModelConfig.from_preset(cfg.arch, cfg.preset, dims=cfg.dims, in_channels=ds.channels, classes=ds.classes,
                                    depth=cfg.depth, base_filters=cfg.filters(), deep_supervision=cfg.deep_supervision,
-                                   strides=strides, kernel_sizes=kernels)
+                                   strides=cfg.strides if strides is None else strides,
+                                   kernel_sizes=cfg.kernel_sizes if kernels is None else kernels)
+
+
+def _budget(target: DeviceTarget) -> float:
+    """Bytes a GPU plan may fill."""
+    return MEMORY_SHARE * target.memory_gib * 2**30
+
+
+def _bytes_per_value(cfg: TrainConfig) -> int:
+    """Activations in bf16/fp16 unless mixed precision is off (``amp`` unset means on, on CUDA)."""
+    return 4 if cfg.amp is False else 2
 
 
 def _topology(spacing: list[float], patch: list[int], depth: int) -> tuple[Any, Any, tuple[int, ...]]:
@@ -182,19 +195,18 @@ def _topology(spacing: list[float], patch: list[int], depth: int) -> tuple[Any, 
     return strides, kernels, multiple
 
 
-def _gpu_patch_and_batch(cfg: TrainConfig, ds: Any, cases: Sequence[str], target: DeviceTarget,
-                         batch: int | None) -> tuple[list[int], int | None, Any, Any]:
+def _gpu_patch(cfg: TrainConfig, ds: Any, cases: Sequence[str], target: DeviceTarget) -> tuple[list[int], Any, Any]:
+    """The largest patch (up to the median case) of which a batch of 2 (or the given batch) fits."""
     dims, depth = cfg.dims, cfg.depth
     spacing = _spacing(ds, dims)
     median = [int(sorted(s[d] for s in _shapes(ds, cases, dims))[len(cases) // 2]) for d in range(dims)]
-    budget = MEMORY_SHARE * target.memory_gib * 2**30
-    bytes_per_value = 2 if cfg.amp is not False else 4
+    budget, bytes_per_value = _budget(target), _bytes_per_value(cfg)
     side_mm = (START_VOXELS[dims] * math.prod(spacing)) ** (1 / dims)
     patch = [max(1, min(m, round(side_mm / s))) for s, m in zip(spacing, median)]
     strides, kernels, multiple = _topology(spacing, patch, depth)
     patch = [-(-p // k) * k for p, k in zip(patch, multiple)]
-    pair = batch or 2
-    while step_memory(_model(cfg, ds, strides, kernels), pair, patch, bytes_per_value) > budget:
+    pair = cfg.batch_size or 2
+    while step_memory(model_config(cfg, ds, strides, kernels), pair, patch, bytes_per_value) > budget:
         # the axis largest against the median case gives up one pooling multiple
         ratios = [p / max(1, m) if p > k else -1.0 for p, m, k in zip(patch, median, multiple)]
         axis = max(range(dims), key=lambda a: ratios[a])
@@ -205,14 +217,13 @@ def _gpu_patch_and_batch(cfg: TrainConfig, ds: Any, cases: Sequence[str], target
         patch[axis] -= multiple[axis]
         strides, kernels, multiple = _topology(spacing, patch, depth)
         patch = [max(k, p // k * k) for p, k in zip(patch, multiple)]
-    return patch, batch, strides, kernels
+    return patch, strides, kernels
 
 
 def _gpu_batch(cfg: TrainConfig, ds: Any, cases: Sequence[str], target: DeviceTarget) -> int:
     """The most patches that fit the memory budget, at least 2, at most 5 % of the data."""
-    budget = MEMORY_SHARE * target.memory_gib * 2**30
-    bytes_per_value = 2 if cfg.amp is not False else 4
-    model = _model(cfg, ds, cfg.strides, cfg.kernel_sizes)
+    budget, bytes_per_value = _budget(target), _bytes_per_value(cfg)
+    model = model_config(cfg, ds)
     one = step_memory(model, 1, cfg.patch_size, bytes_per_value)
     two = step_memory(model, 2, cfg.patch_size, bytes_per_value)
     per_sample = two - one
@@ -254,8 +265,7 @@ def describe(cfg: TrainConfig, ds: Any, target: DeviceTarget) -> dict[str, Any]:
     """What the plan means in numbers, beside the train section (``unetpp data plan``)."""
     out: dict[str, Any] = {"device": str(target), "voxels_per_batch": cfg.batch_size * math.prod(cfg.patch_size)}
     if target.kind == "cuda" and target.memory_gib:
-        model = _model(cfg, ds, cfg.strides, cfg.kernel_sizes)
-        need = step_memory(model, cfg.batch_size, cfg.patch_size, 2 if cfg.amp else 4)
+        need = step_memory(model_config(cfg, ds), cfg.batch_size, cfg.patch_size, _bytes_per_value(cfg))
         out.update(memory_gib=round(need / 2**30, 2), memory_share=round(need / (target.memory_gib * 2**30), 3))
         out["precision"] = ("bf16" if target.bf16 else "fp16") if cfg.amp else "fp32"
     else:
@@ -294,4 +304,4 @@ def plan_run(cfg: TrainConfig, gpu_memory_gib: float | None = None) -> tuple[Tra
 
 
 __all__ = ["BATCH_SIZE", "GPU_STEPS_PER_EPOCH", "PATCH_SIDE", "compile_pays", "describe", "gpu_loader_workers",
-           "plan_run", "settle"]
+           "model_config", "plan_run", "settle"]

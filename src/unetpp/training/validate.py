@@ -202,23 +202,16 @@ class PatchScore:
 def _crop(case: Any, patch: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """The patch of ``case`` centred on its foreground's centre (zero-padded where it is
     larger than the case); a 2D patch of a volume is cut from its most-foreground slice."""
+    from ..data.pipeline import crop  # the loader's own crop (imported when needed, as the loop does)
+
     image, label = np.asarray(case.image, dtype=np.float32), np.asarray(case.label)
     if label.ndim > len(patch):  # a 2D network on volumes: the slice with the most foreground
         k = int(np.argmax((label > 0).reshape(label.shape[0], -1).sum(axis=1)))
         image, label = image[:, k], label[k]
     fg = np.argwhere(label > 0)
     centre = fg.mean(axis=0).round().astype(int) if len(fg) else np.array(label.shape) // 2
-    out_image = np.zeros((image.shape[0], *patch), dtype=np.float32)
-    out_label = np.zeros(patch, dtype=label.dtype)
-    src, dst = [], []
-    for c, n, p in zip(centre, label.shape, patch):
-        lo = int(min(max(c - p // 2, 0), max(n - p, 0)))  # inside the case where it can be
-        hi = min(lo + p, n)
-        src.append(slice(lo, hi))
-        dst.append(slice(0, hi - lo))
-    out_image[(slice(None), *dst)] = image[(slice(None), *src)]
-    out_label[tuple(dst)] = label[tuple(src)]
-    return out_image, out_label
+    start = [int(min(max(c - p // 2, 0), max(n - p, 0))) for c, n, p in zip(centre, label.shape, patch)]
+    return crop(image, start, patch), crop(label, start, patch)  # inside the case where it can be
 
 
 __all__ = ["VAL_SHARE", "PatchScore", "Validator", "monitor_score", "validation_every"]
