@@ -270,6 +270,7 @@ def test_compare_jobs_stop_on_sigint_and_save_every_running_run(dataset, tmp_pat
     out = tmp_path / "cmp"
     args = list(TINY)
     args[args.index("--epochs") + 1] = "10000"  # long enough to be interrupted
+    args += ["--patience", "0"]  # and never stopped early: the faster run must still be running at Ctrl-C
     err_path = tmp_path / "stderr.txt"
     with err_path.open("w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "unetpp", "compare", str(dataset), "--out", str(out),
