@@ -21,10 +21,13 @@ from unetpp.data.synthetic import write_synthetic_dataset
 from unetpp.training import TrainConfig, train
 
 CONFIGS = {
-    "unetpp-ds-2d": dict(arch="unetpp", deep_supervision=True, base_filters=4, depth=3, patch_size=[32],
-                         batch_size=2, epochs=2, steps_per_epoch=4),
-    "unet-modern-2d": dict(arch="unet", preset="modern", base_filters=4, depth=2, patch_size=[32],
-                           batch_size=2, epochs=2, steps_per_epoch=4),
+    "unetpp-ds-2d": dict(arch="unetpp", preset="paper", schedule="constant", deep_supervision=True, base_filters=4,
+                         depth=3, patch_size=[32], batch_size=2, epochs=2, steps_per_epoch=4),
+    "unet-modern-2d": dict(arch="unet", preset="modern", schedule="constant", base_filters=4, depth=2,
+                           patch_size=[32], batch_size=2, epochs=2, steps_per_epoch=4),
+    # the defaults for user data (modern preset, poly schedule; issue 22)
+    "unetpp-defaults-2d": dict(arch="unetpp", base_filters=4, depth=3, patch_size=[32], batch_size=2, epochs=2,
+                               steps_per_epoch=4),
 }
 
 

@@ -109,7 +109,7 @@ def plan(data: str = typer.Argument(..., help="Dataset folder (any supported lay
          gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", help="Plan for a CUDA GPU with this "
                                                     "many GiB, without one (implies --device cuda)."),
          arch: str = typer.Option("unetpp", "--arch", help="unetpp, unet or wide-unet."),
-         preset: str = typer.Option("paper", "--preset", help="paper or modern."),
+         preset: str = typer.Option("modern", "--preset", help="modern or paper."),
          width: float = typer.Option(1.0, "--width", help="Filter scale."),
          depth: int = typer.Option(4, "--depth", help="Poolings (levels)."),
          epochs: int = typer.Option(100, "--epochs", help="Epochs (the compile decision weighs the run's length)."),

@@ -214,6 +214,11 @@ def predict(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (fro
             window: Optional[str] = typer.Option(None, "--window", metavar="patch|large", help=WINDOW_HELP),
             batch_size: int = typer.Option(4, "--batch-size", help="Windows/slices per forward pass."),
             device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+            uncertainty: bool = typer.Option(False, "--uncertainty",
+                                             help="Also write <name>_uncertainty (per-voxel, 0-1: the "
+                                                  "entropy of the calibrated mean over heads, folds and, "
+                                                  "with --tta, flips) and OUT/qc.csv + qc.json: one row "
+                                                  "per input, flag ok/review with the reasons."),
             mask_format: Optional[str] = typer.Option(None, "--format", metavar="nifti|dicom-seg",
                                                       help="Mask format. Default: the input's own; NIfTI in the "
                                                            "series' world geometry for a DICOM series folder. "
@@ -254,11 +259,28 @@ def predict(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (fro
 
         outcomes = predict_inputs(predictor, inputs, out_dir, mode, level, tta=tta,
                                   probabilities=probabilities, overlay=overlay,
-                                  onnx=onnx, progress=step, on_start=started, mask_format=mask_format)
+                                  onnx=onnx, progress=step, on_start=started, mask_format=mask_format,
+                                  uncertainty=uncertainty)
     failed = [o.error for o in outcomes if o.error]
     log(f"wrote {ok['n']} mask(s) to {out_dir}" + (f"; {len(failed)} input(s) failed" if failed else ""))
+    if uncertainty:
+        _log_qc(out_dir)
     if failed:
         raise UnetppError(failed)
+
+
+def _log_qc(out_dir: Path) -> None:
+    """One line per input flagged for review, and where qc.csv is."""
+    from ..io import read_json
+
+    qc = read_json(out_dir / "qc.json")
+    review = [c for c in qc["cases"] if c["flag"] == "review"]
+    unknown = sum(c["flag"] == "unknown" for c in qc["cases"])
+    for c in review:
+        log(f"review {c['case']}: {'; '.join(c['reasons'])}")
+    note = f"; {unknown} unflagged: the run has no trust.json (run 'unetpp prune')" if unknown else ""
+    log(f"qc: {len(review)} of {len(qc['cases'])} input(s) to review ({qc['members']}, temperature "
+        f"{qc['temperature']:.2f}){note}; wrote {out_dir / 'qc.csv'}")
 
 
 def export(run: Path = typer.Argument(..., metavar="RUN", help="Run folder (from 'unetpp train')."),

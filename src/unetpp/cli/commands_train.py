@@ -25,8 +25,9 @@ def train(
     out: Path = typer.Option(..., "--out", help="Run folder to create (or to continue with --resume)."),
     arch: Optional[str] = typer.Option(None, help="unetpp, unet or wide-unet. [default: unetpp]",
                                        rich_help_panel=H_MODEL),
-    preset: Optional[str] = typer.Option(None, help="paper (the DLMIA 2018 network) or modern (instance "
-                                         "norm, leaky ReLU). [default: paper]", rich_help_panel=H_MODEL),
+    preset: Optional[str] = typer.Option(None, help="modern (instance norm, leaky ReLU: "
+                                         "better on user data, docs/results.md section 5) or paper (the DLMIA 2018 "
+                                         "network). [default: modern]", rich_help_panel=H_MODEL),
     deep_supervision: Optional[bool] = typer.Option(None, "--deep-supervision/--no-deep-supervision",
                                                     help="A loss on every head (UNet++). [default: on for unetpp]",
                                                     rich_help_panel=H_MODEL),
@@ -45,10 +46,15 @@ def train(
     patch_size: Optional[str] = typer.Option(None, "--patch-size", help="S, or S,S[,S] per axis. "
                                              "[default: CPU 96 in 2D, 64 in 3D; CUDA from its memory]", rich_help_panel=H_OPT),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate. [default: 3e-4]", rich_help_panel=H_OPT),
+    schedule: Optional[str] = typer.Option(None, "--schedule", metavar="poly|constant",
+                                           help="Learning rate over the run: poly decays it to 0 at the last "
+                                                "epoch (or where --max-minutes ends); constant is the paper's. "
+                                                "[default: poly]", rich_help_panel=H_OPT),
     steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch", help="Steps per epoch. "
-                                                  "[default: CPU every training voxel about once; CUDA 250]", rich_help_panel=H_OPT),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop (resumable) after this "
-                                                "much training time.", rich_help_panel=H_OPT),
+                                                  "[default: CPU every training voxel about once, at least 50; CUDA 250]", rich_help_panel=H_OPT),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-time budget of the "
+                                                "epochs (steps and validation): stops, resumable, before an epoch "
+                                                "that would not fit.", rich_help_panel=H_OPT),
     val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N epochs (and after "
                                             "the last). [default: every epoch, unless validation would cost "
                                             "over 10 % of training]", rich_help_panel=H_DATA),
@@ -98,7 +104,7 @@ def train(
 
     flags = dict(arch=arch, preset=preset, deep_supervision=deep_supervision, dims=dims, width=width,
                  base_filters=base_filters, depth=depth, epochs=epochs, patience=patience,
-                 batch_size=batch_size, lr=lr, steps_per_epoch=steps_per_epoch, max_minutes=max_minutes,
+                 batch_size=batch_size, lr=lr, schedule=schedule, steps_per_epoch=steps_per_epoch, max_minutes=max_minutes,
                  val_fraction=val_fraction, val_every=val_every, fold=fold, folds=folds, augment=augment,
                  num_workers=num_workers,
                  seed=seed, device=device, amp=amp, channels_last=channels_last, compile=compile,

@@ -167,7 +167,7 @@ def run_demo(cfg: DemoConfig | None = None, fresh: bool = False, log: Callable[[
         t0 = time.perf_counter()
         tc = TrainConfig(data=data, out=str(run), arch="unetpp", preset="paper", deep_supervision=True, dims=2,
                          width=cfg.width, depth=cfg.depth, epochs=cfg.epochs, patience=cfg.patience, batch_size=cfg.batch_size,
-                         patch_size=[cfg.patch_size], lr=cfg.lr, steps_per_epoch=cfg.steps_per_epoch,
+                         patch_size=[cfg.patch_size], lr=cfg.lr, schedule="constant", steps_per_epoch=cfg.steps_per_epoch,
                          max_minutes=cfg.minutes, seed=cfg.seed, device=cfg.device, progress=cfg.progress,
                          tensorboard=False, extra={"demo": True})
         log(f"training UNet++ with deep supervision (width {cfg.width:g}, patch {cfg.patch_size}, "

@@ -130,7 +130,7 @@ class CompareConfig:
             data=self.data, out=str(Path(self.out) / "runs" / run_name(key, seed)), arch=v.arch,
             preset=self.preset, deep_supervision=v.deep_supervision, dims=self.dims, depth=self.depth,
             width=self.width, epochs=self.epochs, patience=self.patience, batch_size=self.batch_size,
-            patch_size=list(self.patch_size) if self.patch_size else None, lr=self.lr,
+            patch_size=list(self.patch_size) if self.patch_size else None, lr=self.lr, schedule="constant",
             steps_per_epoch=self.steps_per_epoch, max_minutes=self.max_minutes, augment=self.augment,
             val_fraction=self.val_fraction, amp=self.amp, seed=seed, device=self.device,
             num_workers=self.num_workers, progress=self.progress, tensorboard=False,

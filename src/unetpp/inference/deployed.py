@@ -20,6 +20,8 @@ key                    value
                        "multiple": [...], "filters": F}``, the run's (what prune chose);
                        absent: patch windows (:mod:`.window`)
 ``postprocess``        the run's ``postprocess.json`` (JSON), when it has one
+``trust``              the run's ``trust.json`` (JSON; temperature and QC thresholds of
+                       ``predict --uncertainty``), when prune wrote one
 ``precision``          ``fp32``, ``int8`` or ``fp16``
 ``quantization``       int8/fp16 only (JSON): method, calibration, the measured IoUs
 =====================  ===================================================================
@@ -72,6 +74,8 @@ def deployment_metadata(predictor: Any) -> dict[str, str]:
                                   "filters": predictor.window.filters})}
     if getattr(predictor, "postprocess", None):
         meta["postprocess"] = json.dumps(predictor.postprocess)
+    if getattr(predictor, "trust", None):
+        meta["trust"] = json.dumps(predictor.trust)
     return meta
 
 
@@ -219,6 +223,7 @@ class DeployedPredictor(Predictor):
                        "data": data or {}, "train": {"patch_size": patch}}
         self.patch_size = tuple(patch)
         self.postprocess = _json(meta, "postprocess", path, required=False)
+        self.trust = _json(meta, "trust", path, required=False)
         self.precision_name = meta.get("precision", "fp32")
         self.quantization = _json(meta, "quantization", path, required=False)
         self.device = torch.device("cpu")  # ONNX Runtime takes numpy arrays; its provider places the work

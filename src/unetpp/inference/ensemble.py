@@ -29,6 +29,7 @@ from ..models.mode import Mode
 from ..run import WEIGHTS
 from .engine import probabilities_to_labels
 from .postprocess import read_postprocess
+from .qc import read_trust
 from .predictor import Predictor
 from .predictor import load as load_run
 
@@ -65,6 +66,8 @@ class Ensemble:
         self.run = Path(folder) if folder is not None else None
         self.config = first.config
         self.postprocess = read_postprocess(self.run) if self.run is not None else None
+        #: trust.json (temperature, QC thresholds) calibrated out-of-fold by prune, else None
+        self.trust = read_trust(self.run) if self.run is not None else None
         self.device = first.device
         self._same_input = all(m.data_config == first.data_config for m in self.members)
 

@@ -10,6 +10,11 @@ For each input file:
   ``(K', *S)`` on the input's own grid (``K' = 1``: the foreground probability of a binary
   model); volumes in the input's format, 2D images as a float32 TIF.
 - ``OUT/<name>_overlay.png`` with ``overlay=True`` (:mod:`.overlay`).
+- ``OUT/<name>_uncertainty<ext>`` with ``uncertainty=True``: the per-voxel uncertainty map in
+  [0, 1] (:mod:`.uncertainty`: the normalised entropy of the calibrated mean over heads, folds
+  and, with ``tta``, flips), float32 on the mask's grid and geometry (volumes in the input's
+  format, NIfTI for a DICOM series; 2D images as a float32 TIF); and ``OUT/qc.csv`` /
+  ``OUT/qc.json``, one row per input with its flag (:mod:`.qc`).
 
 ``<name>`` is the file name without its format suffix and without nnU-Net's ``_0000``
 channel suffix (case ``c0``: image ``c0_0000.nii.gz``, mask ``c0.nii.gz``), so predicting
@@ -53,6 +58,8 @@ from ..models.mode import Mode
 from .engine import probabilities_to_labels
 from .postprocess import apply as apply_postprocess
 from .overlay import overlay_png
+from .qc import qc_row, write_qc
+from .uncertainty import calibrate, describe_members, member_probabilities, uncertainty_map
 
 GLOB_CHARS = set("*?[")
 #: ``mask_format`` values (``--format``); None: the input's own format (NIfTI for DICOM).
@@ -166,7 +173,7 @@ def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike
                    overlay: bool = False, onnx: str | os.PathLike | None = None,
                    progress: Callable[[int, int, Outcome], None] | None = None,
                    on_start: Callable[[int, Mode], None] | None = None,
-                   mask_format: str | None = None) -> list[Outcome]:
+                   mask_format: str | None = None, uncertainty: bool = False) -> list[Outcome]:
     """Predict every input; one :class:`Outcome` each (``error`` set for a failed input).
 
     ``mask_format``: None (the input's format; NIfTI for a DICOM series), ``"nifti"`` or
@@ -182,6 +189,11 @@ def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike
 
     if mask_format is not None and mask_format not in MASK_FORMATS:
         raise UnetppError(f"--format must be one of {', '.join(MASK_FORMATS)}, got {mask_format!r}")
+    if uncertainty and onnx is not None:
+        raise UnetppError("--uncertainty needs the run's heads (or folds): predict from the run folder, not --onnx")
+    if uncertainty and getattr(predictor, "_same_input", True) is False:
+        raise UnetppError("--uncertainty: the runs of this ensemble normalise inputs differently; "
+                          "predict with each run alone")
     out = Path(out)
     network = None
     if onnx is not None:
@@ -204,6 +216,9 @@ def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike
     out.mkdir(parents=True, exist_ok=True)
     write_label_names(out, (getattr(predictor, "data_config", None) or {}).get("labels"))
     used: set[str] = set()
+    trust = getattr(predictor, "trust", None) if uncertainty else None
+    temperature = float(trust["temperature"]) if trust else 1.0
+    qc_rows: list[dict[str, Any]] = []
     for done, path in enumerate(files, 1):
         outcome = Outcome(str(path))
         try:
@@ -211,6 +226,8 @@ def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike
             _check_format(path, meta, mask_format)
             if network is not None:
                 probs = predictor.level_probabilities(image, levels, tta=tta, network=network)[levels[0]]
+            elif uncertainty:  # the same mean, from members kept apart (flips: one pass each)
+                probs, _ = member_probabilities(predictor, image, mode, tta=tta)
             else:  # a run, or an ensemble's mean (mode None: each run's own choice)
                 probs = predictor.predict_tensor(image, mode, tta=tta)
             probs = to_input_grid(probs, meta)  # resample probabilities first, then the argmax
@@ -235,6 +252,11 @@ def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike
             if overlay:
                 outcome.outputs.append(str(atomic_write_bytes(out / f"{name}_overlay.png",
                                                               overlay_png(image.numpy(), _on_grid(labels, image)))))
+            if uncertainty:
+                umap = uncertainty_map(calibrate(torch.from_numpy(probs), temperature)).numpy()
+                uext = ".nii.gz" if ext == ".dcm" else ext if len(meta["shape"]) == 3 else ".tif"
+                outcome.outputs.append(str(write_probabilities(out / f"{name}_uncertainty{uext}", umap, meta)))
+                qc_rows.append(qc_row(name, labels, umap, image, meta.get("spacing"), predictor.classes, trust))
         except UnetppError as e:
             outcome.error = _name_file(path, "; ".join(e.problems))
         except (ValueError, OSError, MemoryError) as e:
@@ -244,6 +266,10 @@ def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike
         outcomes.append(outcome)
         if progress is not None:
             progress(done, len(files), outcome)
+    if uncertainty:
+        write_qc(out, qc_rows, label_names(predictor), {
+            "members": describe_members(predictor, mode, None, tta), "temperature": temperature,
+            "thresholds": (trust or {}).get("thresholds"), "run": str(getattr(predictor, "run", None))})
     return outcomes
 
 

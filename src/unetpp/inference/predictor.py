@@ -58,6 +58,7 @@ from ..run import PRUNE, WEIGHTS, load_model, stored_patch_size
 from .engine import level_network, predict_with, probabilities, probabilities_to_labels
 from .postprocess import apply as apply_postprocess
 from .postprocess import read_postprocess
+from .qc import read_trust
 from .window import WINDOWS, Window
 
 
@@ -141,6 +142,8 @@ class Predictor:
         self.choice = read_prune_choice(self.run)
         #: the run's postprocess.json (chosen on out-of-fold predictions), applied to masks
         self.postprocess = read_postprocess(self.run)
+        #: RUN/trust.json (temperature, QC thresholds; written by prune), else None
+        self.trust = read_trust(self.run)
         #: the training patch as stored (no default of its own): the patch windows, the
         #: large windows' smallest
         self.patch_size: tuple[int, ...] = stored_patch_size(config, model.config.dims,

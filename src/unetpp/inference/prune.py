@@ -61,6 +61,7 @@ from ..models.mode import Mode
 from ..models.summary import count_flops
 from ..run import PRUNE
 from .evaluate import Progress, check_compatible, score_modes, select_cases, summarise
+from .qc import calibrate_trust, write_trust
 
 def measure_latency(nets: dict[str, Callable[[torch.Tensor], Any]], x: torch.Tensor, repeats: int = 10,
                     warmup: int = 2, budget_s: float = 30.0, min_repeats: int = 3) -> dict[str, float]:
@@ -123,7 +124,7 @@ def choose(scores: dict[str, dict[str, float]], tolerance: float) -> dict[str, A
 
 def prune(predictor: Any, ds: Any, tolerance: float = 0.5, repeats: int = 10, warmup: int = 2,
           tta: bool = False, progress: Progress | None = None,
-          write_to: str | os.PathLike | None = None) -> dict[str, Any]:
+          write_to: str | os.PathLike | None = None, trust: bool = True) -> dict[str, Any]:
     """Score and measure every level and accurate mode; choose; write prune.json/png.
 
     ``predictor`` may be a cross-validation :class:`~.ensemble.Ensemble`: every level is then
@@ -133,6 +134,11 @@ def prune(predictor: Any, ds: Any, tolerance: float = 0.5, repeats: int = 10, wa
 
     ``write_to``: the run folder to write ``prune.json`` and ``prune.png`` into (default the
     predictor's run; None and no run: nothing written).
+
+    ``trust``: also calibrate the probabilities' temperature and the QC thresholds of
+    ``predict --uncertainty`` on the same cases in the chosen mode and window
+    (:func:`.qc.calibrate_trust`, one more inference per case) and write ``trust.json`` beside
+    ``prune.json`` (``result["trust"]``).
     """
     if not 0 <= tolerance <= 100:
         raise ValueError(f"--tolerance must be between 0 and 100 IoU points, got {tolerance}")
@@ -169,13 +175,38 @@ def prune(predictor: Any, ds: Any, tolerance: float = 0.5, repeats: int = 10, wa
     result = {"levels": levels, "accurate": accurate, "chosen": chosen, "window": window,
               "tolerance": tolerance, "cases": len(names), "split": source, "input_shape": list(input_shape),
               "device": str(predictor.device), "repeats": repeats, "tta": tta}
+    trust = _trust(members, predictor, ds, names, Mode.from_json(chosen), cv_folder, tta, progress) if trust else None
     folder = write_to if write_to is not None else (cv_folder if members is not None else predictor.run)
     if folder is not None:
         write_prune(folder, result, title=Path(folder).name)
+        if trust is not None:
+            write_trust(folder, trust)
     for member in members or []:  # each fold predicts in the mode chosen across folds
         write_prune(member.run, result, title=Path(member.run).name)
         member.choice = Mode.from_json(chosen)
+        if trust is not None:
+            write_trust(member.run, trust)
+            member.trust = trust
+    if trust is not None:
+        result["trust"] = trust
+        predictor.trust = trust
     return result
+
+
+def _trust(members: list[Any] | None, predictor: Any, ds: Any, names: Sequence[str], mode: Mode, cv_folder: Any,
+           tta: bool, progress: Progress | None) -> dict[str, Any]:
+    """The temperature and QC thresholds (:func:`.qc.calibrate_trust`) on the cases the levels
+    were scored on, each by the run that did not train on it; the fingerprint from the cases
+    the run trained on (a cross-validation: every case)."""
+    if members is not None:
+        cases = [(m, n) for m, split in zip(members, _splits(cv_folder)) for n in split["val"]]
+        train = list(ds.case_names)
+    else:
+        cases = [(predictor, n) for n in names]
+        split = predictor.config.get("split") if isinstance(predictor.config.get("split"), dict) else {}
+        have = set(ds.case_names)
+        train = [n for n in split.get("train") or [] if n in have] or [n for n in ds.case_names if n not in names]
+    return calibrate_trust(predictor, ds, cases, mode, train or list(names), tta=tta, progress=progress)
 
 
 def _set_window(predictors: list[Any], policy: str) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import UnetppError
 from ..models import PRESETS, arch_names, arch_spec, check_deep_supervision
+from .schedule import SCHEDULES
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MONITORS = ("accurate", "mean")  # or "L1".."L<depth>": one head
@@ -41,7 +42,7 @@ class TrainConfig:
     out: str = ""                       # run folder to create (or resume)
     # model
     arch: str = "unetpp"                # unetpp | unet | wide-unet
-    preset: str = "paper"               # paper | modern
+    preset: str = "modern"              # modern (user data; issue 22) | paper (the DLMIA 2018 network)
     deep_supervision: bool | None = None  # default: on for unetpp
     dims: int | None = None             # 2 or 3; default: the dataset's
     depth: int = 4
@@ -55,12 +56,13 @@ class TrainConfig:
     batch_size: int | None = None       # CPU: 8 (2D) / 2 (3D); CUDA: from its memory (plan.settle)
     patch_size: list[int] | None = None  # CPU: 96 (2D) / 64 (3D) per axis; CUDA: from its memory
     lr: float = 3e-4
+    schedule: str = "poly"              # poly (user data; issue 22) | constant (the paper's); training/schedule.py
     weight_decay: float = 0.0
     level_weights: list[float] | None = None  # loss weight per deep-supervision head, level 1 first
     ce_weight: float = 0.5              # paper's loss: 1/2 BCE + Dice
     dice_weight: float = 1.0
     steps_per_epoch: int | None = None  # CPU: the loader's (every training voxel about once); CUDA: 250
-    max_minutes: float | None = None    # stop (resumable) after this much training time
+    max_minutes: float | None = None    # wall-time budget of the epochs (steps + validation); stops (resumable) before an epoch that would not fit
     # data
     val_fraction: float = 0.2
     folds: int = 5
@@ -135,6 +137,8 @@ class TrainConfig:
             elif self.dims is not None and len(ps) not in (1, self.dims):
                 p.append(f"--patch-size has {len(ps)} values for --dims {self.dims}")
         check_float("lr", 0.0, open_lo=True)
+        if self.schedule not in SCHEDULES:
+            p.append(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         check_float("weight_decay", 0.0)
         check_float("ce_weight", 0.0)
         check_float("dice_weight", 0.0)
@@ -201,6 +205,8 @@ class TrainConfig:
 
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 DEFAULTS = TrainConfig()
+#: settings added with a new default: what a stored config without them was trained with
+PREVIOUS_DEFAULTS = {"schedule": "constant"}
 
 
 def normalise_keys(data: Any, source: str) -> dict[str, Any]:
@@ -298,6 +304,8 @@ def merge_for_resume(saved: dict[str, Any], given: TrainConfig, run: Path) -> Tr
     A field of ``given`` that differs from its default is an explicit request: taken when in
     :data:`RESUMABLE_CHANGES`, refused (one line each) when it differs from the stored value.
     """
+    # a run from before a default changed keeps what it was trained with
+    saved = {**PREVIOUS_DEFAULTS, **saved}
     try:
         stored = TrainConfig.from_dict(saved, f"{run}/config.json train")
     except TypeError as e:

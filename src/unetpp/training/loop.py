@@ -51,6 +51,7 @@ from .records import Records
 from .runlock import hold_run
 from .saver import EpochFiles, RunWriter
 from .start import open_checked, start_or_resume
+from .schedule import horizon, rate, set_rate
 from .steps import count_step, read_steps, step_stats
 from .stops import StopRequest, TrainingError, TrainingInterrupted
 from .validate import PatchScore, Validator, monitor_score, validation_every
@@ -193,7 +194,7 @@ def _train(cfg: TrainConfig, run: Path, ds: Any, saved: dict[str, Any] | None, d
 
     state: dict[str, Any] = {"epoch": 0, "step": 0, "best_score": None, "best_epoch": None,
                              "bad_epochs": 0, "loss_sum": 0.0, "loss_steps": 0, "seconds": 0.0,
-                             "train_seconds": 0.0}
+                             "train_seconds": 0.0, "wall_seconds": 0.0, "horizon": cfg.epochs}
     epoch_rng: Any = None
     if saved is not None:
         state.update(load_checkpoint(run, model, p.optimizer, p.scaler, restore_rng=True))
@@ -223,6 +224,8 @@ def _train(cfg: TrainConfig, run: Path, ds: Any, saved: dict[str, Any] | None, d
     sync_every = 1 if device.type == "cpu" else SYNC_EVERY
     stats_device = device if device.type == "cuda" else torch.device("cpu")
     start_epoch = state["epoch"] + 1  # the first epoch not completed (maybe partly done)
+    if not state["step"]:  # planned again from --epochs/--max-minutes; mid-epoch: as stored, exactly
+        state["horizon"] = horizon(cfg.epochs, cfg.max_minutes, state["wall_seconds"], state["epoch"])
     with StopRequest(main) as stop:
         try:
             for epoch in range(start_epoch, cfg.epochs + 1):
@@ -240,6 +243,9 @@ def _train(cfg: TrainConfig, run: Path, ds: Any, saved: dict[str, Any] | None, d
                 for step, (image, label) in enumerate(p.loader, start=1):
                     if step <= skip:
                         continue  # replayed up to where the interrupted run stopped
+                    if cfg.schedule != "constant":  # training/schedule.py: poly decay to the run's end
+                        set_rate(p.optimizer, rate(cfg.schedule, cfg.lr, (epoch - 1) * steps + step - 1,
+                                                   state["horizon"] * steps))
                     # ---- the step: forward, loss, (every sync_every steps: one read), backward, update
                     image = p.setup.prepare(image.to(device, non_blocking=True))
                     label = label.to(device, non_blocking=True)
@@ -273,8 +279,9 @@ def _train(cfg: TrainConfig, run: Path, ds: Any, saved: dict[str, Any] | None, d
                     raise TrainingError(f"epoch {epoch}: the loader gave no batches (step {step})")
                 train_seconds = time.perf_counter() - t0
 
-                last = epoch == cfg.epochs or (cfg.max_minutes is not None and
-                                               (state["train_seconds"] + train_seconds) / 60 >= cfg.max_minutes)
+                epoch_seconds = state["seconds"] + time.perf_counter() - t0  # a resumed epoch: both parts
+                out_of_time = _out_of_time(cfg.max_minutes, state, epoch, epoch_seconds)
+                last = epoch == cfg.epochs or out_of_time
                 if p.patch_score is not None:  # patience, between whole-case validations
                     state["patch_iou"] = p.patch_score(model)
                     better = state["patch_iou"] > state.get("best_patch_iou", -1.0)
@@ -292,8 +299,9 @@ def _train(cfg: TrainConfig, run: Path, ds: Any, saved: dict[str, Any] | None, d
                     progress.log(f"early stop after epoch {epoch}: no better {what} for {cfg.patience} epochs "
                                  f"(best whole-case score {state['best_score']:.4f} at epoch {state['best_epoch']})")
                     break
-                if cfg.max_minutes is not None and state["train_seconds"] / 60 >= cfg.max_minutes:
-                    progress.log(f"time budget of {cfg.max_minutes:g} min reached after epoch {epoch}; "
+                if out_of_time:
+                    progress.log(f"time budget of {cfg.max_minutes:g} min reached after epoch {epoch} (the next "
+                                 f"would not fit: {state['wall_seconds'] / epoch:.1f} s an epoch); "
                                  "give --resume with a larger --epochs or --max-minutes to go on")
                     break
         except BaseException as e:
@@ -342,6 +350,8 @@ def _end_epoch(epoch: int, scores: dict[str, float] | None, state: dict[str, Any
     the best weights to write (else None). Patience counts epochs, validated or not."""
     state["seconds"] += time.perf_counter() - t0
     state["train_seconds"] += train_seconds
+    state["wall_seconds"] = state.get("wall_seconds", 0.0) + state["seconds"]
+    state["horizon"] = horizon(p.cfg.epochs, p.cfg.max_minutes, state["wall_seconds"], epoch)
     best = None
     if scores is None:  # not validated this epoch: the row says so with NaN
         scores = {k: float("nan") for k in Validator.keys(tuple(p.model.levels))}
@@ -360,6 +370,17 @@ def _end_epoch(epoch: int, scores: dict[str, float] | None, state: dict[str, Any
                  "lr": p.optimizer.param_groups[0]["lr"]})
     state["step"] = 0
     return best
+
+
+def _out_of_time(max_minutes: float | None, state: dict[str, Any], epoch: int, this_epoch: float) -> bool:
+    """Whether the epoch now ending is the last the time budget holds: the wall time so far
+    (steps, validation; over resumes) plus one more epoch as long as the mean would pass
+    ``max_minutes``, so a run ends within its budget rather than one epoch past it."""
+    if max_minutes is None:
+        return False
+    done = state.get("wall_seconds", 0.0)
+    mean_epoch = done / (epoch - 1) if epoch > 1 else this_epoch
+    return done + this_epoch + mean_epoch > max_minutes * 60
 
 
 def _close_quietly(writer: RunWriter) -> None:

@@ -1,0 +1,206 @@
+"""Per-voxel uncertainty from what a UNet++ computes anyway, and calibrated probabilities.
+
+**Members.** A prediction is the mean of *members*' probabilities, and where the members
+disagree the mean is unsure. The members are, multiplied together:
+
+- the **heads** X^{0,1..L} of a deep-supervised UNet++ in accurate mode: accurate mode averages
+  them already, so their disagreement costs nothing extra (fast mode reads one head: one member);
+- the **folds** of a cross-validation ensemble (each fold with its own heads);
+- the **flips** of the input with ``tta`` (each axis mirrored and back: 4 in 2D, 8 in 3D).
+
+**The map** is the normalised entropy of the calibrated mean, ``H(p) / log K`` in [0, 1]
+(``K = 2`` for a binary model): 0 where every member is sure and agrees, 1 where the mean is
+50/50. The entropy of the *mean* is used rather than the members' disagreement alone (their
+mutual information): a boundary on which every head agrees at 0.6 is as worth checking as one
+on which they split, and with one member (fast mode) the map is still defined. The heads of one
+network are correlated, so on their own they understate the disagreement; folds and flips add
+the independent part.
+
+**Calibration** (:func:`fit_temperature`): one temperature T, fitted on the validation (or
+out-of-fold) voxels by minimising the negative log-likelihood, scales the logits of the mean
+(``sigmoid(logit / T)``; for K classes ``p_k^(1/T)`` renormalised, which is softmax(z / T)).
+One T rather than one per class: a per-class temperature can change the argmax, so the masks
+would no longer be the ones ``prune`` validated; one T never changes a mask. Expected
+calibration error (:func:`expected_calibration_error`) is reported before and after.
+
+Example::
+
+    >>> import unetpp                                             # doctest: +SKIP
+    >>> predictor = unetpp.load("runs/nuclei")                    # doctest: +SKIP
+    >>> image, meta = predictor.read("tile.png")                  # doctest: +SKIP
+    >>> probs, members = member_probabilities(predictor, image)   # doctest: +SKIP
+    >>> u = uncertainty_map(calibrate(probs, 1.3))                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..models.mode import Mode, combine_heads
+
+#: probabilities are clamped to [EPS, 1 - EPS] before logits and logs
+EPS = 1e-6
+#: temperatures searched (log-spaced), then refined by golden section
+T_RANGE = (0.05, 20.0)
+#: voxels per case used to fit the temperature (a seeded random sample)
+FIT_VOXELS = 200_000
+ECE_BINS = 15
+
+
+def flip_axes(image: torch.Tensor, dims: int) -> list[tuple[int, ...]]:
+    """Every combination of mirrored spatial axes of a ``(C, *S)`` image (a 2D model on a
+    volume: the in-plane axes only), the identity first."""
+    spatial = list(range(image.dim() - dims, image.dim()))
+    return [axes for r in range(len(spatial) + 1) for axes in itertools.combinations(spatial, r)]
+
+
+def member_probabilities(predictor: Any, image: torch.Tensor, mode: str | Mode | None = None,
+                         level: int | None = None, tta: bool = False) -> tuple[torch.Tensor, int]:
+    """``(mean, members)``: the mean probabilities ``(K', *S)`` over the members (see the
+    module doc) of a prepared ``(C, *S)`` image, and how many members there were.
+
+    Each run (an ensemble's folds: each in its own resolved mode, or ``mode``/``level`` when
+    given) combines its heads as :func:`~unetpp.models.mode.combine_heads` does, then the runs
+    are averaged as :class:`~.ensemble.Ensemble` does: without ``tta`` the mean is the very
+    tensor ``predict_tensor`` returns, so the mask does not change. With ``tta`` each flip is
+    a forward pass of its own (the engine's TTA averages inside each window; equal up to
+    rounding).
+    """
+    runs = getattr(predictor, "members", None) or [predictor]
+    means, count = [], 0
+    for run in runs:
+        resolved = run.resolve(mode, level)
+        levels = resolved.levels(run.levels)
+        exported = getattr(run, "network_file", None) is not None  # one output: the mode's, heads averaged inside
+        heads = len(levels) if resolved.name == "accurate" and not exported else 1
+        flips = flip_axes(image, run.dims) if tta else [()]
+        total: torch.Tensor | None = None
+        for axes in flips:
+            x = torch.flip(image, axes) if axes else image
+            p = run.predict_tensor(x, resolved) if exported else \
+                combine_heads(run.level_probabilities(x, levels, tta=False), resolved)
+            p = torch.flip(p, axes) if axes else p
+            total = p if total is None else total + p
+        assert total is not None
+        means.append(total / len(flips) if len(flips) > 1 else total)
+        count += heads * len(flips)
+    return (means[0] if len(means) == 1 else torch.stack(means).mean(0)), count
+
+
+def _logits(probs: torch.Tensor) -> torch.Tensor:
+    """Binary ``(1, *S)``: the logit; K classes: the log-probabilities (logits up to a constant)."""
+    p = probs.clamp(EPS, 1 - EPS)
+    return torch.log(p) - torch.log1p(-p) if probs.shape[0] == 1 else torch.log(p)
+
+
+def calibrate(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Probabilities ``(K', *S)`` with their logits divided by ``temperature`` (argmax kept)."""
+    if temperature == 1.0:
+        return probs
+    z = _logits(probs.float()) / temperature
+    return torch.sigmoid(z) if probs.shape[0] == 1 else torch.softmax(z, dim=0)
+
+
+def uncertainty_map(probs: torch.Tensor) -> torch.Tensor:
+    """Normalised entropy ``(*S)`` in [0, 1] of probabilities ``(K', *S)`` (binary: ``K' = 1``)."""
+    p = probs.float().clamp(EPS, 1 - EPS)
+    if p.shape[0] == 1:
+        q = p[0]
+        h = -(q * torch.log(q) + (1 - q) * torch.log1p(-q))
+        return (h / math.log(2)).clamp_(0, 1)
+    h = -(p * torch.log(p)).sum(0)
+    return (h / math.log(p.shape[0])).clamp_(0, 1)
+
+
+def sample_voxels(probs: torch.Tensor, label: np.ndarray, rng: np.random.Generator,
+                  limit: int = FIT_VOXELS) -> tuple[np.ndarray, np.ndarray]:
+    """``(probs (n, K'), labels (n,))`` of at most ``limit`` random voxels of one case."""
+    flat = probs.reshape(probs.shape[0], -1).T.numpy()
+    lab = np.asarray(label).reshape(-1)
+    if lab.shape[0] != flat.shape[0]:
+        raise ValueError(f"probabilities of {flat.shape[0]} voxels against a label of {lab.shape[0]}")
+    if flat.shape[0] > limit:
+        pick = rng.choice(flat.shape[0], size=limit, replace=False)
+        flat, lab = flat[pick], lab[pick]
+    return flat.astype(np.float32), lab.astype(np.int64)
+
+
+def _nll(z: np.ndarray, y: np.ndarray, t: float) -> float:
+    """Mean negative log-likelihood of labels ``y`` under logits ``z / t``."""
+    if z.shape[1] == 1:
+        s = z[:, 0] / t
+        # -log sigmoid(s) for y=1, -log(1 - sigmoid(s)) for y=0, stably
+        return float(np.mean(np.logaddexp(0.0, np.where(y > 0, -s, s))))
+    s = z / t
+    log_norm = np.logaddexp.reduce(s, axis=1)
+    return float(np.mean(log_norm - s[np.arange(len(y)), y]))
+
+
+def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature minimising the NLL of ``labels`` (n,) under ``probs`` (n, K') with
+    their logits scaled by 1/T: a log-spaced search over :data:`T_RANGE`, then golden section."""
+    p = np.clip(probs.astype(np.float64), EPS, 1 - EPS)
+    z = np.log(p) - np.log1p(-p) if p.shape[1] == 1 else np.log(p)
+    grid = np.geomspace(*T_RANGE, 41)
+    losses = [_nll(z, labels, t) for t in grid]
+    i = int(np.argmin(losses))
+    lo, hi = math.log(grid[max(i - 1, 0)]), math.log(grid[min(i + 1, len(grid) - 1)])
+    golden = (math.sqrt(5) - 1) / 2
+    for _ in range(30):
+        a, b = hi - golden * (hi - lo), lo + golden * (hi - lo)
+        if _nll(z, labels, math.exp(a)) < _nll(z, labels, math.exp(b)):
+            hi = b
+        else:
+            lo = a
+    t = math.exp((lo + hi) / 2)
+    return t if _nll(z, labels, t) <= _nll(z, labels, 1.0) else 1.0  # never worse than none
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE of the predicted class's confidence (n voxels): the mean over ``bins`` equal-width
+    confidence bins of |accuracy - confidence|, weighted by the voxels in each bin."""
+    if probs.shape[1] == 1:
+        fg = probs[:, 0]
+        pred = (fg > 0.5).astype(np.int64)
+        conf = np.where(pred == 1, fg, 1 - fg)
+    else:
+        pred = probs.argmax(1)
+        conf = probs.max(1)
+    correct = (pred == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            ece += inside.mean() * abs(correct[inside].mean() - conf[inside].mean())
+    return float(ece)
+
+
+def calibrate_samples(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """:func:`calibrate` on sampled voxels ``(n, K')``."""
+    return calibrate(torch.from_numpy(probs.T.copy()), temperature).T.numpy()
+
+
+def describe_members(predictor: Any, mode: str | Mode | None, level: int | None, tta: bool) -> str:
+    """What the map's members are, in words, e.g. ``"4 heads x 4 flips"``."""
+    runs = getattr(predictor, "members", None) or [predictor]
+    first = runs[0]
+    resolved = first.resolve(mode, level)
+    exported = getattr(first, "network_file", None) is not None
+    heads = len(resolved.levels(first.levels)) if resolved.name == "accurate" and not exported else 1
+    parts = [f"{heads} head{'s' if heads > 1 else ''}"]
+    if len(runs) > 1:
+        parts.append(f"{len(runs)} folds")
+    if tta:
+        parts.append(f"{2 ** first.dims} flips")
+    return " x ".join(parts)
+
+
+__all__ = ["calibrate", "calibrate_samples", "describe_members", "expected_calibration_error", "fit_temperature",
+           "flip_axes", "member_probabilities", "sample_voxels", "uncertainty_map"]

@@ -1,0 +1,40 @@
+"""The learning rate over a run: constant (the paper's Adam at 3e-4) or poly decay.
+
+``poly`` (the default for user data, issue 22; nnU-Net's schedule) multiplies the base rate by
+``(1 - t / T) ** 0.9`` after ``t`` of the run's ``T`` steps, so the last steps take small
+updates and the final weights settle instead of jittering at the full rate. ``T`` is
+``--epochs`` x steps per epoch; with ``--max-minutes`` it is re-planned after every epoch from
+the mean epoch's wall time (:func:`horizon`), so the decay ends where the budget does (what
+nnU-Net's budget trainer in ``benchmarks/vs_nnunet.py`` does once, after its first epoch).
+The horizon is stored in the checkpoint, so a resumed run takes the very same rates.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+SCHEDULES = ("poly", "constant")
+POLY_EXPONENT = 0.9
+
+
+def rate(schedule: str, base: float, done: int, total: int) -> float:
+    """The learning rate of the step after ``done`` of ``total`` steps."""
+    if schedule == "constant" or total <= 0:
+        return base
+    return base * max(0.0, 1.0 - done / total) ** POLY_EXPONENT
+
+
+def horizon(epochs: int, max_minutes: float | None, wall_seconds: float, epochs_done: int) -> int:
+    """The run's length in epochs: ``epochs``, or fewer when the epochs still to come at the
+    mean epoch's wall time so far do not fit ``max_minutes`` (at least the epochs done)."""
+    if max_minutes is None or epochs_done == 0:
+        return epochs
+    mean = wall_seconds / epochs_done
+    left = math.floor(max(0.0, max_minutes * 60 - wall_seconds) / mean) if mean > 0 else epochs
+    return max(epochs_done, min(epochs, epochs_done + left))
+
+
+def set_rate(optimizer: Any, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
