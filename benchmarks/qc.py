@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=2.0, help="training budget per fold")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--keep-work", action="store_true", help="keep OUT/work (the fold runs: hundreds of MB)")
     args = ap.parse_args(argv)
 
     from unetpp.data import open_dataset
@@ -177,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
               "seconds": seconds}
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "results.md").write_text(markdown(result, args))
+    if not args.keep_work:
+        shutil.rmtree(args.out / "work", ignore_errors=True)
     print(markdown(result, args))
     return 0
 

@@ -25,7 +25,7 @@ def test_horizon_fits_the_budget():
     assert horizon(100, 10.0, 0.0, 0) == 100  # nothing measured yet
     assert horizon(100, 10.0, 120.0, 2) == 10  # 60 s an epoch: 8 more fit in the 480 s left
     assert horizon(5, 10.0, 120.0, 2) == 5  # --epochs caps it
-    assert horizon(100, 1.0, 120.0, 2) == 2  # over budget already: ends here
+    assert horizon(100, 1.0, 120.0, 2) == 3  # over budget: the loop stops; an epoch that runs still steps
 
 
 def test_poly_decays_over_the_epochs_and_is_stored(tmp_path):

@@ -17,8 +17,8 @@ from unetpp.data import open_dataset
 from unetpp.data.synthetic import write_synthetic_dataset
 from unetpp.errors import RunError
 from unetpp.inference.qc import TRUST, flag, intensity_distance, read_trust, spearman
-from unetpp.inference.uncertainty import (calibrate, calibrate_samples, expected_calibration_error, fit_temperature,
-                                          member_probabilities, uncertainty_map)
+from unetpp.inference.uncertainty import (calibrate, calibrate_samples, calibrated_uncertainty, describe_members,
+                                          expected_calibration_error, fit_temperature, uncertainty_map)
 
 from test_prune import trained_run
 
@@ -129,17 +129,13 @@ def test_prune_writes_trust_json(pruned):
     assert unetpp.load(run).trust == trust
 
 
-def test_member_probabilities_is_the_prediction(pruned):
+def test_members_are_described_and_the_map_is_chunked(pruned):
     run, ds = pruned
     predictor = unetpp.load(run)
-    image = torch.from_numpy(ds.load_case(ds.case_names[3]).image)
-    mean, count = member_probabilities(predictor, image, "accurate")
-    assert count == 3 and torch.equal(mean, predictor.predict_tensor(image, "accurate"))
-    mean, count = member_probabilities(predictor, image, "fast", 2)
-    assert count == 1 and torch.equal(mean, predictor.predict_tensor(image, "fast", 2))
-    mean, count = member_probabilities(predictor, image, "accurate", tta=True)
-    assert count == 12  # 3 heads x 4 flips
-    assert torch.allclose(mean, predictor.predict_tensor(image, "accurate", tta=True), atol=1e-5)
+    assert describe_members(predictor, "accurate", None, False) == "3 heads"
+    assert describe_members(predictor, "fast", 2, True) == "1 head x 4 flips"
+    probs = torch.rand(1, 20, 9, 7)  # a volume's probabilities: chunks along the first axis agree
+    assert torch.allclose(calibrated_uncertainty(probs, 1.7, chunk=3), uncertainty_map(calibrate(probs, 1.7)))
 
 
 def _write_png(path, array):
@@ -222,8 +218,9 @@ def test_a_damaged_trust_file_is_one_line(pruned, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
     (copy / TRUST).write_text(json.dumps({"temperature": -1, "thresholds": {}}))
+    predictor = unetpp.load(copy)  # a plain prediction does not need it
     with pytest.raises(RunError, match="trust.json: not a valid trust file"):
-        unetpp.load(copy)
+        predictor.trust
 
 
 def test_uncertainty_with_onnx_is_refused(pruned, tmp_path, capsys):

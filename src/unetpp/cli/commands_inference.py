@@ -276,6 +276,8 @@ def _log_qc(out_dir: Path) -> None:
     qc = read_json(out_dir / "qc.json")
     review = [c for c in qc["cases"] if c["flag"] == "review"]
     unknown = sum(c["flag"] == "unknown" for c in qc["cases"])
+    if qc.get("warning"):
+        log(f"warning: {qc['warning']}")
     for c in review:
         log(f"review {c['case']}: {'; '.join(c['reasons'])}")
     note = f"; {unknown} unflagged: the run has no trust.json (run 'unetpp prune')" if unknown else ""

@@ -66,10 +66,20 @@ class Ensemble:
         self.run = Path(folder) if folder is not None else None
         self.config = first.config
         self.postprocess = read_postprocess(self.run) if self.run is not None else None
-        #: trust.json (temperature, QC thresholds) calibrated out-of-fold by prune, else None
-        self.trust = read_trust(self.run) if self.run is not None else None
+        self._trust: Any = None if self.run is None else read_trust  # read when first asked for
         self.device = first.device
         self._same_input = all(m.data_config == first.data_config for m in self.members)
+
+    @property
+    def trust(self) -> dict[str, Any] | None:
+        """The CV folder's trust.json (calibrated out of fold by prune), else None; read on first use."""
+        if callable(self._trust):
+            self._trust = self._trust(self.run)
+        return self._trust
+
+    @trust.setter
+    def trust(self, value: dict[str, Any] | None) -> None:
+        self._trust = value
 
     # the Predictor's description
     levels = property(lambda self: self.members[0].levels)

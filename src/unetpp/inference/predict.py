@@ -11,8 +11,9 @@ For each input file:
   model); volumes in the input's format, 2D images as a float32 TIF.
 - ``OUT/<name>_overlay.png`` with ``overlay=True`` (:mod:`.overlay`).
 - ``OUT/<name>_uncertainty<ext>`` with ``uncertainty=True``: the per-voxel uncertainty map in
-  [0, 1] (:mod:`.uncertainty`: the normalised entropy of the calibrated mean over heads, folds
-  and, with ``tta``, flips), float32 on the mask's grid and geometry (volumes in the input's
+  [0, 1] (:mod:`.uncertainty`: the normalised entropy of the calibrated probabilities the
+  mask comes from, the mean over heads, folds and, with ``tta``, flips), float32 on the mask's
+  grid and geometry (volumes in the input's
   format, NIfTI for a DICOM series; 2D images as a float32 TIF); and ``OUT/qc.csv`` /
   ``OUT/qc.json``, one row per input with its flag (:mod:`.qc`).
 
@@ -59,7 +60,7 @@ from .engine import probabilities_to_labels
 from .postprocess import apply as apply_postprocess
 from .overlay import overlay_png
 from .qc import qc_row, write_qc
-from .uncertainty import calibrate, describe_members, member_probabilities, uncertainty_map
+from .uncertainty import calibrated_uncertainty, describe_members
 
 GLOB_CHARS = set("*?[")
 #: ``mask_format`` values (``--format``); None: the input's own format (NIfTI for DICOM).
@@ -226,8 +227,6 @@ def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike
             _check_format(path, meta, mask_format)
             if network is not None:
                 probs = predictor.level_probabilities(image, levels, tta=tta, network=network)[levels[0]]
-            elif uncertainty:  # the same mean, from members kept apart (flips: one pass each)
-                probs, _ = member_probabilities(predictor, image, mode, tta=tta)
             else:  # a run, or an ensemble's mean (mode None: each run's own choice)
                 probs = predictor.predict_tensor(image, mode, tta=tta)
             probs = to_input_grid(probs, meta)  # resample probabilities first, then the argmax
@@ -253,7 +252,7 @@ def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike
                 outcome.outputs.append(str(atomic_write_bytes(out / f"{name}_overlay.png",
                                                               overlay_png(image.numpy(), _on_grid(labels, image)))))
             if uncertainty:
-                umap = uncertainty_map(calibrate(torch.from_numpy(probs), temperature)).numpy()
+                umap = calibrated_uncertainty(torch.from_numpy(probs), temperature).numpy()
                 uext = ".nii.gz" if ext == ".dcm" else ext if len(meta["shape"]) == 3 else ".tif"
                 outcome.outputs.append(str(write_probabilities(out / f"{name}_uncertainty{uext}", umap, meta)))
                 qc_rows.append(qc_row(name, labels, umap, image, meta.get("spacing"), predictor.classes, trust))
@@ -269,8 +268,23 @@ def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike
     if uncertainty:
         write_qc(out, qc_rows, label_names(predictor), {
             "members": describe_members(predictor, mode, None, tta), "temperature": temperature,
-            "thresholds": (trust or {}).get("thresholds"), "run": str(getattr(predictor, "run", None))})
+            "thresholds": (trust or {}).get("thresholds"), "run": str(getattr(predictor, "run", None)),
+            "warning": _calibration_mismatch(trust, mode, tta)})
     return outcomes
+
+
+def _calibration_mismatch(trust: dict[str, Any] | None, mode: Mode | None, tta: bool) -> str | None:
+    """One line when the prediction is not in the mode and TTA the thresholds were calibrated
+    in (prune's choice): the flags then compare unlike with unlike."""
+    if not trust:
+        return None
+    asked = {"mode": mode.to_json() if mode is not None else trust.get("mode"), "tta": bool(tta)}
+    stored = {"mode": trust.get("mode"), "tta": bool(trust.get("tta"))}
+    if asked == stored:
+        return None
+    return (f"thresholds calibrated for {stored['mode']}{' with tta' if stored['tta'] else ''}, predicting "
+            f"{asked['mode']}{' with tta' if asked['tta'] else ''}: the flags are approximate (prune again with "
+            "--tta to calibrate that)")
 
 
 def write_label_names(out: Path, labels: dict[str, str] | None) -> None:

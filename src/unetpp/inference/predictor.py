@@ -142,8 +142,7 @@ class Predictor:
         self.choice = read_prune_choice(self.run)
         #: the run's postprocess.json (chosen on out-of-fold predictions), applied to masks
         self.postprocess = read_postprocess(self.run)
-        #: RUN/trust.json (temperature, QC thresholds; written by prune), else None
-        self.trust = read_trust(self.run)
+        self._trust: Any = None if self.run is None else read_trust  # read when first asked for
         #: the training patch as stored (no default of its own): the patch windows, the
         #: large windows' smallest
         self.patch_size: tuple[int, ...] = stored_patch_size(config, model.config.dims,
@@ -157,6 +156,18 @@ class Predictor:
         self.precision, _ = runtime.choose_precision(self.device, amp)
 
     # ------------------------------------------------------------------ description
+    @property
+    def trust(self) -> dict[str, Any] | None:
+        """RUN/trust.json (temperature, QC thresholds; written by prune), else None. Read on
+        first use, so a damaged one stops ``predict --uncertainty`` only."""
+        if callable(self._trust):
+            self._trust = self._trust(self.run)
+        return self._trust
+
+    @trust.setter
+    def trust(self, value: dict[str, Any] | None) -> None:
+        self._trust = value
+
     @property
     def model_config(self):
         return self.model.config

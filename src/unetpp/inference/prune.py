@@ -143,6 +143,7 @@ def prune(predictor: Any, ds: Any, tolerance: float = 0.5, repeats: int = 10, wa
     if not 0 <= tolerance <= 100:
         raise ValueError(f"--tolerance must be between 0 and 100 IoU points, got {tolerance}")
     cv_folder = getattr(predictor, "run", None)
+    given = predictor  # an ensemble: predictor becomes its first member below
     check_compatible(ds, predictor)
     multi = len(predictor.levels) > 1
     modes = [Mode.fast(lv) for lv in predictor.levels] + ([Mode.accurate()] if multi else [])
@@ -175,7 +176,8 @@ def prune(predictor: Any, ds: Any, tolerance: float = 0.5, repeats: int = 10, wa
     result = {"levels": levels, "accurate": accurate, "chosen": chosen, "window": window,
               "tolerance": tolerance, "cases": len(names), "split": source, "input_shape": list(input_shape),
               "device": str(predictor.device), "repeats": repeats, "tta": tta}
-    trust = _trust(members, predictor, ds, names, Mode.from_json(chosen), cv_folder, tta, progress) if trust else None
+    trust = _trust(members, predictor, ds, names, Mode.from_json(chosen), cv_folder, tta,
+                   getattr(given, "postprocess", None), progress) if trust else None
     folder = write_to if write_to is not None else (cv_folder if members is not None else predictor.run)
     if folder is not None:
         write_prune(folder, result, title=Path(folder).name)
@@ -189,12 +191,12 @@ def prune(predictor: Any, ds: Any, tolerance: float = 0.5, repeats: int = 10, wa
             member.trust = trust
     if trust is not None:
         result["trust"] = trust
-        predictor.trust = trust
+        given.trust = trust
     return result
 
 
 def _trust(members: list[Any] | None, predictor: Any, ds: Any, names: Sequence[str], mode: Mode, cv_folder: Any,
-           tta: bool, progress: Progress | None) -> dict[str, Any]:
+           tta: bool, postprocess: Any, progress: Progress | None) -> dict[str, Any]:
     """The temperature and QC thresholds (:func:`.qc.calibrate_trust`) on the cases the levels
     were scored on, each by the run that did not train on it; the fingerprint from the cases
     the run trained on (a cross-validation: every case)."""
@@ -206,7 +208,8 @@ def _trust(members: list[Any] | None, predictor: Any, ds: Any, names: Sequence[s
         split = predictor.config.get("split") if isinstance(predictor.config.get("split"), dict) else {}
         have = set(ds.case_names)
         train = [n for n in split.get("train") or [] if n in have] or [n for n in ds.case_names if n not in names]
-    return calibrate_trust(predictor, ds, cases, mode, train or list(names), tta=tta, progress=progress)
+    return calibrate_trust(predictor, ds, cases, mode, train or list(names), tta=tta, postprocess=postprocess,
+                           progress=progress)
 
 
 def _set_window(predictors: list[Any], policy: str) -> None:

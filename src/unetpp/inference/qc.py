@@ -52,8 +52,8 @@ from ..errors import RunError
 from ..io import atomic_write_json, atomic_write_text, read_json
 from ..models.mode import Mode
 from .engine import probabilities_to_labels
-from .uncertainty import (calibrate, calibrate_samples, expected_calibration_error, fit_temperature,
-                          member_probabilities, sample_voxels, uncertainty_map)
+from .uncertainty import (FIT_VOXELS, calibrate, calibrate_samples, expected_calibration_error, fit_temperature,
+                          sample_voxels, uncertainty_map)
 
 TRUST = "trust.json"
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
@@ -66,16 +66,18 @@ MIN_INTENSITY_THRESHOLD = 3.0
 #: the spread of a quantile across training cases is at least this (normalised units), so a
 #: quantile every training case shares exactly (a clipped background) does not divide by 0
 MIN_SD = 0.05
+#: voxels kept over all validation cases (for the temperature fit, and inside the structures)
+MAX_KEPT_VOXELS = 2_000_000
 
 
 # ------------------------------------------------------------------------------ features
 def channel_quantiles(image: np.ndarray | torch.Tensor) -> np.ndarray:
     """``(C, len(QUANTILES))`` quantiles of each channel of a ``(C, *S)`` image."""
     a = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    flat = a.reshape(a.shape[0], -1).astype(np.float64)
+    flat = a.reshape(a.shape[0], -1)
     if flat.shape[1] > 2_000_000:  # a large volume: a fixed stride is plenty for 7 quantiles
         flat = flat[:, :: flat.shape[1] // 1_000_000]
-    return np.quantile(flat, QUANTILES, axis=1).T
+    return np.quantile(flat.astype(np.float64), QUANTILES, axis=1).T
 
 
 def intensity_distance(quantiles: np.ndarray, fingerprint: dict[str, Any]) -> float:
@@ -133,29 +135,41 @@ def flag(features: dict[str, Any], trust: dict[str, Any] | None) -> tuple[str, l
 
 # ------------------------------------------------------------------------------ calibration
 def calibrate_trust(predictor: Any, ds: Any, cases: Sequence[tuple[Any, str]], mode: Mode,
-                    train_cases: Sequence[str], tta: bool = False,
+                    train_cases: Sequence[str], tta: bool = False, postprocess: Any = None,
                     progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
     """Fit the temperature and the QC thresholds; return ``trust.json``'s content.
 
     Args:
-        predictor: the run (or an ensemble's member) predicting each case.
+        predictor: the run (an ensemble's first member) whose classes are predicted.
         ds: the opened dataset.
-        cases: ``(predictor, case name)`` of the validation (or out-of-fold) cases.
+        cases: ``(run, case name)`` of the validation (or out-of-fold) cases, each predicted by
+            its run in ``mode`` (with ``tta``) on the network's grid, as ``prune`` scored them.
         mode: the mode ``prune`` chose.
         train_cases: the cases the fingerprint and label sizes come from.
+        postprocess: what ``predict`` applies to the masks (the uncertainty inside is measured
+            inside the mask a user gets).
+
+    Memory: at most :data:`~.uncertainty.FIT_VOXELS` voxels a case are kept for the fit and
+    as many inside the predicted structure, in all at most :data:`MAX_KEPT_VOXELS`.
     """
+    from .postprocess import apply as apply_postprocess
+
     rng = np.random.default_rng(0)
+    per_case = max(10_000, min(FIT_VOXELS, MAX_KEPT_VOXELS // max(1, len(cases))))
+    ignore = getattr(ds, "ignore_label", None)
     samples: list[tuple[np.ndarray, np.ndarray]] = []
     kept: list[dict[str, Any]] = []
     for done, (member, name) in enumerate(cases, 1):
         case = ds.load_case(name)
         image = torch.as_tensor(case.image, dtype=torch.float32)
-        probs, _ = member_probabilities(member, image, mode, tta=tta)
-        samples.append(sample_voxels(probs, case.label, rng))
-        labels = probabilities_to_labels(probs, member.classes).numpy()
-        inside = labels > 0
-        kept.append({"name": name, "inside": probs.reshape(probs.shape[0], -1)[:, inside.reshape(-1)].clone(),
-                     "dice": _dice(labels, np.asarray(case.label)), "quantiles": channel_quantiles(case.image)})
+        probs = member.predict_tensor(image, mode, tta=tta)
+        samples.append(sample_voxels(probs, case.label, rng, per_case, ignore))
+        labels = apply_postprocess(probabilities_to_labels(probs, member.classes).numpy(), postprocess)
+        inside = np.flatnonzero(labels.reshape(-1) > 0)
+        if len(inside) > per_case:
+            inside = rng.choice(inside, size=per_case, replace=False)
+        kept.append({"name": name, "inside": probs.reshape(probs.shape[0], -1)[:, torch.from_numpy(inside)].clone(),
+                     "dice": _dice(labels, np.asarray(case.label), ignore), "quantiles": channel_quantiles(case.image)})
         if progress is not None:
             progress(done, len(cases), name)
     p = np.concatenate([s[0] for s in samples])
@@ -184,9 +198,12 @@ def calibrate_trust(predictor: Any, ds: Any, cases: Sequence[tuple[Any, str]], m
             "tta": tta}
 
 
-def _dice(labels: np.ndarray, reference: np.ndarray) -> float:
-    """Foreground Dice (every non-background label together); 1.0 when both are empty."""
+def _dice(labels: np.ndarray, reference: np.ndarray, ignore: int | None = None) -> float:
+    """Foreground Dice (every non-background label together, the ``ignore`` label left out);
+    1.0 when both are empty."""
     a, b = labels > 0, reference > 0
+    if ignore is not None:
+        a, b = a & (reference != ignore), b & (reference != ignore)
     total = int(a.sum()) + int(b.sum())
     return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 

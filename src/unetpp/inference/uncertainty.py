@@ -1,20 +1,22 @@
 """Per-voxel uncertainty from what a UNet++ computes anyway, and calibrated probabilities.
 
-**Members.** A prediction is the mean of *members*' probabilities, and where the members
-disagree the mean is unsure. The members are, multiplied together:
+**Members.** A prediction is already the mean of *members*' probabilities, and where the
+members disagree the mean is unsure:
 
-- the **heads** X^{0,1..L} of a deep-supervised UNet++ in accurate mode: accurate mode averages
-  them already, so their disagreement costs nothing extra (fast mode reads one head: one member);
+- the **heads** X^{0,1..L} of a deep-supervised UNet++ in accurate mode (fast mode reads one
+  head: one member);
 - the **folds** of a cross-validation ensemble (each fold with its own heads);
-- the **flips** of the input with ``tta`` (each axis mirrored and back: 4 in 2D, 8 in 3D).
+- the **flips** of the input with ``tta`` (each spatial axis mirrored and back, inside every
+  sliding window: 4 in 2D, 8 in 3D).
 
 **The map** is the normalised entropy of the calibrated mean, ``H(p) / log K`` in [0, 1]
 (``K = 2`` for a binary model): 0 where every member is sure and agrees, 1 where the mean is
-50/50. The entropy of the *mean* is used rather than the members' disagreement alone (their
-mutual information): a boundary on which every head agrees at 0.6 is as worth checking as one
-on which they split, and with one member (fast mode) the map is still defined. The heads of one
-network are correlated, so on their own they understate the disagreement; folds and flips add
-the independent part.
+50/50. It is computed from the very probabilities the mask comes from, so ``--uncertainty``
+never changes a mask and costs no extra forward pass. The entropy of the *mean* is used rather
+than the members' disagreement alone (their mutual information, which would need every member
+kept apart): a boundary on which every head agrees at 0.6 is as worth checking as one on which
+they split, and with one member (fast mode) the map is still defined. The heads of one network
+are correlated, so alone they understate disagreement; folds and flips add independent members.
 
 **Calibration** (:func:`fit_temperature`): one temperature T, fitted on the validation (or
 out-of-fold) voxels by minimising the negative log-likelihood, scales the logits of the mean
@@ -25,23 +27,22 @@ calibration error (:func:`expected_calibration_error`) is reported before and af
 
 Example::
 
-    >>> import unetpp                                             # doctest: +SKIP
-    >>> predictor = unetpp.load("runs/nuclei")                    # doctest: +SKIP
-    >>> image, meta = predictor.read("tile.png")                  # doctest: +SKIP
-    >>> probs, members = member_probabilities(predictor, image)   # doctest: +SKIP
-    >>> u = uncertainty_map(calibrate(probs, 1.3))                # doctest: +SKIP
+    >>> import unetpp                                              # doctest: +SKIP
+    >>> predictor = unetpp.load("runs/nuclei")                     # doctest: +SKIP
+    >>> image, meta = predictor.read("tile.png")                   # doctest: +SKIP
+    >>> probs = predictor.predict_tensor(image)                    # doctest: +SKIP
+    >>> u = calibrated_uncertainty(probs, predictor.trust["temperature"])  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..models.mode import Mode, combine_heads
+from ..models.mode import Mode
 
 #: probabilities are clamped to [EPS, 1 - EPS] before logits and logs
 EPS = 1e-6
@@ -50,46 +51,6 @@ T_RANGE = (0.05, 20.0)
 #: voxels per case used to fit the temperature (a seeded random sample)
 FIT_VOXELS = 200_000
 ECE_BINS = 15
-
-
-def flip_axes(image: torch.Tensor, dims: int) -> list[tuple[int, ...]]:
-    """Every combination of mirrored spatial axes of a ``(C, *S)`` image (a 2D model on a
-    volume: the in-plane axes only), the identity first."""
-    spatial = list(range(image.dim() - dims, image.dim()))
-    return [axes for r in range(len(spatial) + 1) for axes in itertools.combinations(spatial, r)]
-
-
-def member_probabilities(predictor: Any, image: torch.Tensor, mode: str | Mode | None = None,
-                         level: int | None = None, tta: bool = False) -> tuple[torch.Tensor, int]:
-    """``(mean, members)``: the mean probabilities ``(K', *S)`` over the members (see the
-    module doc) of a prepared ``(C, *S)`` image, and how many members there were.
-
-    Each run (an ensemble's folds: each in its own resolved mode, or ``mode``/``level`` when
-    given) combines its heads as :func:`~unetpp.models.mode.combine_heads` does, then the runs
-    are averaged as :class:`~.ensemble.Ensemble` does: without ``tta`` the mean is the very
-    tensor ``predict_tensor`` returns, so the mask does not change. With ``tta`` each flip is
-    a forward pass of its own (the engine's TTA averages inside each window; equal up to
-    rounding).
-    """
-    runs = getattr(predictor, "members", None) or [predictor]
-    means, count = [], 0
-    for run in runs:
-        resolved = run.resolve(mode, level)
-        levels = resolved.levels(run.levels)
-        exported = getattr(run, "network_file", None) is not None  # one output: the mode's, heads averaged inside
-        heads = len(levels) if resolved.name == "accurate" and not exported else 1
-        flips = flip_axes(image, run.dims) if tta else [()]
-        total: torch.Tensor | None = None
-        for axes in flips:
-            x = torch.flip(image, axes) if axes else image
-            p = run.predict_tensor(x, resolved) if exported else \
-                combine_heads(run.level_probabilities(x, levels, tta=False), resolved)
-            p = torch.flip(p, axes) if axes else p
-            total = p if total is None else total + p
-        assert total is not None
-        means.append(total / len(flips) if len(flips) > 1 else total)
-        count += heads * len(flips)
-    return (means[0] if len(means) == 1 else torch.stack(means).mean(0)), count
 
 
 def _logits(probs: torch.Tensor) -> torch.Tensor:
@@ -117,13 +78,26 @@ def uncertainty_map(probs: torch.Tensor) -> torch.Tensor:
     return (h / math.log(p.shape[0])).clamp_(0, 1)
 
 
+def calibrated_uncertainty(probs: torch.Tensor, temperature: float, chunk: int = 8) -> torch.Tensor:
+    """:func:`uncertainty_map` of :func:`calibrate`, a few slices of the first spatial axis at a
+    time (a whole CT's temporaries would be several copies of the probabilities)."""
+    if probs.dim() < 3:
+        return uncertainty_map(calibrate(probs, temperature))
+    return torch.cat([uncertainty_map(calibrate(probs[:, i:i + chunk], temperature))
+                      for i in range(0, probs.shape[1], chunk)])
+
+
 def sample_voxels(probs: torch.Tensor, label: np.ndarray, rng: np.random.Generator,
-                  limit: int = FIT_VOXELS) -> tuple[np.ndarray, np.ndarray]:
-    """``(probs (n, K'), labels (n,))`` of at most ``limit`` random voxels of one case."""
+                  limit: int = FIT_VOXELS, ignore: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(probs (n, K'), labels (n,))`` of at most ``limit`` random voxels of one case,
+    leaving out voxels of the ``ignore`` label."""
     flat = probs.reshape(probs.shape[0], -1).T.numpy()
     lab = np.asarray(label).reshape(-1)
     if lab.shape[0] != flat.shape[0]:
         raise ValueError(f"probabilities of {flat.shape[0]} voxels against a label of {lab.shape[0]}")
+    if ignore is not None:
+        keep = lab != ignore
+        flat, lab = flat[keep], lab[keep]
     if flat.shape[0] > limit:
         pick = rng.choice(flat.shape[0], size=limit, replace=False)
         flat, lab = flat[pick], lab[pick]
@@ -188,11 +162,11 @@ def calibrate_samples(probs: np.ndarray, temperature: float) -> np.ndarray:
 
 
 def describe_members(predictor: Any, mode: str | Mode | None, level: int | None, tta: bool) -> str:
-    """What the map's members are, in words, e.g. ``"4 heads x 4 flips"``."""
+    """What the mean's members are, in words, e.g. ``"4 heads x 5 folds x 4 flips"``."""
     runs = getattr(predictor, "members", None) or [predictor]
     first = runs[0]
     resolved = first.resolve(mode, level)
-    exported = getattr(first, "network_file", None) is not None
+    exported = getattr(first, "network_file", None) is not None  # one output: the heads averaged inside
     heads = len(resolved.levels(first.levels)) if resolved.name == "accurate" and not exported else 1
     parts = [f"{heads} head{'s' if heads > 1 else ''}"]
     if len(runs) > 1:
@@ -202,5 +176,5 @@ def describe_members(predictor: Any, mode: str | Mode | None, level: int | None,
     return " x ".join(parts)
 
 
-__all__ = ["calibrate", "calibrate_samples", "describe_members", "expected_calibration_error", "fit_temperature",
-           "flip_axes", "member_probabilities", "sample_voxels", "uncertainty_map"]
+__all__ = ["calibrate", "calibrate_samples", "calibrated_uncertainty", "describe_members", "expected_calibration_error",
+           "fit_temperature", "sample_voxels", "uncertainty_map"]

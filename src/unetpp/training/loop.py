@@ -51,7 +51,7 @@ from .records import Records
 from .runlock import hold_run
 from .saver import EpochFiles, RunWriter
 from .start import open_checked, start_or_resume
-from .schedule import horizon, rate, set_rate
+from .schedule import horizon, out_of_time_after, rate, set_rate
 from .steps import count_step, read_steps, step_stats
 from .stops import StopRequest, TrainingError, TrainingInterrupted
 from .validate import PatchScore, Validator, monitor_score, validation_every
@@ -197,7 +197,8 @@ def _train(cfg: TrainConfig, run: Path, ds: Any, saved: dict[str, Any] | None, d
                              "train_seconds": 0.0, "wall_seconds": 0.0, "horizon": cfg.epochs}
     epoch_rng: Any = None
     if saved is not None:
-        state.update(load_checkpoint(run, model, p.optimizer, p.scaler, restore_rng=True))
+        restored = load_checkpoint(run, model, p.optimizer, p.scaler, restore_rng=True)
+        state.update(restored, wall_seconds=restored.get("wall_seconds", restored.get("train_seconds", 0.0)))
         epoch_rng = rng_state() if state["step"] else None  # mid-epoch: RNG of that epoch's start
     if not _announce(cfg, run, p, state, saved is not None, device, info, progress):
         progress.close()
@@ -279,8 +280,9 @@ def _train(cfg: TrainConfig, run: Path, ds: Any, saved: dict[str, Any] | None, d
                     raise TrainingError(f"epoch {epoch}: the loader gave no batches (step {step})")
                 train_seconds = time.perf_counter() - t0
 
-                epoch_seconds = state["seconds"] + time.perf_counter() - t0  # a resumed epoch: both parts
-                out_of_time = _out_of_time(cfg.max_minutes, state, epoch, epoch_seconds)
+                # a resumed epoch: both parts; under torchrun the ranks' mean, so they all decide alike
+                epoch_seconds = _rank_mean(state["seconds"] + time.perf_counter() - t0, info, stats_device)
+                out_of_time = out_of_time_after(cfg.max_minutes, state["wall_seconds"], epoch, epoch_seconds)
                 last = epoch == cfg.epochs or out_of_time
                 if p.patch_score is not None:  # patience, between whole-case validations
                     state["patch_iou"] = p.patch_score(model)
@@ -290,6 +292,8 @@ def _train(cfg: TrainConfig, run: Path, ds: Any, saved: dict[str, Any] | None, d
                     last = last or state["bad_epochs"] >= (cfg.patience or 0)  # stopping: validate it whole
                 scores = p.validator(model) if epoch % p.val_every == 0 or last else None
                 best = _end_epoch(epoch, scores, state, records, p, t0, train_seconds)
+                state["wall_seconds"] = _rank_mean(state["wall_seconds"], info, stats_device)
+                state["horizon"] = horizon(cfg.epochs, cfg.max_minutes, state["wall_seconds"], epoch)
                 writer.submit(EpochFiles(snapshot(epoch, 0), best=best))
                 _log_epoch(progress, epoch, cfg.epochs, records.rows[-1], scores, levels, state, best is not None)
                 if stop.signum is not None:  # arrived during validation: the epoch is saved whole
@@ -351,7 +355,6 @@ def _end_epoch(epoch: int, scores: dict[str, float] | None, state: dict[str, Any
     state["seconds"] += time.perf_counter() - t0
     state["train_seconds"] += train_seconds
     state["wall_seconds"] = state.get("wall_seconds", 0.0) + state["seconds"]
-    state["horizon"] = horizon(p.cfg.epochs, p.cfg.max_minutes, state["wall_seconds"], epoch)
     best = None
     if scores is None:  # not validated this epoch: the row says so with NaN
         scores = {k: float("nan") for k in Validator.keys(tuple(p.model.levels))}
@@ -372,15 +375,12 @@ def _end_epoch(epoch: int, scores: dict[str, float] | None, state: dict[str, Any
     return best
 
 
-def _out_of_time(max_minutes: float | None, state: dict[str, Any], epoch: int, this_epoch: float) -> bool:
-    """Whether the epoch now ending is the last the time budget holds: the wall time so far
-    (steps, validation; over resumes) plus one more epoch as long as the mean would pass
-    ``max_minutes``, so a run ends within its budget rather than one epoch past it."""
-    if max_minutes is None:
-        return False
-    done = state.get("wall_seconds", 0.0)
-    mean_epoch = done / (epoch - 1) if epoch > 1 else this_epoch
-    return done + this_epoch + mean_epoch > max_minutes * 60
+def _rank_mean(value: float, info: Any, device: torch.device) -> float:
+    """``value`` averaged over the torchrun ranks (itself for one process)."""
+    if not info.enabled:
+        return value
+    return float(distributed.all_reduce_sum(torch.tensor([value], dtype=torch.float64, device=device), info)[0]
+                 / info.world_size)
 
 
 def _close_quietly(writer: RunWriter) -> None:

@@ -27,12 +27,25 @@ def rate(schedule: str, base: float, done: int, total: int) -> float:
 
 def horizon(epochs: int, max_minutes: float | None, wall_seconds: float, epochs_done: int) -> int:
     """The run's length in epochs: ``epochs``, or fewer when the epochs still to come at the
-    mean epoch's wall time so far do not fit ``max_minutes`` (at least the epochs done)."""
+    mean epoch's wall time so far do not fit ``max_minutes``; never less than the next epoch
+    (an epoch that runs at all takes a step at a rate above 0: the loop, not the schedule,
+    decides to stop)."""
     if max_minutes is None or epochs_done == 0:
         return epochs
     mean = wall_seconds / epochs_done
     left = math.floor(max(0.0, max_minutes * 60 - wall_seconds) / mean) if mean > 0 else epochs
-    return max(epochs_done, min(epochs, epochs_done + left))
+    return min(epochs, max(epochs_done + 1, epochs_done + left))
+
+
+def out_of_time_after(max_minutes: float | None, wall_seconds: float, epoch: int, this_epoch: float) -> bool:
+    """Whether the epoch now ending is the last the time budget holds: the wall time of the
+    epochs before (steps, validation; over resumes) and this one's so far, plus one more epoch
+    as long as their mean, pass ``max_minutes`` (so a run ends within its budget, not one
+    epoch past it)."""
+    if max_minutes is None:
+        return False
+    mean_epoch = wall_seconds / (epoch - 1) if epoch > 1 else this_epoch
+    return wall_seconds + this_epoch + mean_epoch > max_minutes * 60
 
 
 def set_rate(optimizer: Any, lr: float) -> None:
