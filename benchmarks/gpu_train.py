@@ -56,9 +56,10 @@ LABELS = {"background": 0, "liver": 1, "tumour": 2}
 # overhead: seconds of a run besides its minutes (start-up, prepare, the epoch past them, validations)
 FULL = dict(cases=20, shape=(100, 512, 512), minutes=1.0, min_minutes=0.25, overhead={3: 45.0, 2: 35.0},
             data_s=40.0, args=["--device", "cuda", "--epochs", "1000"])
-# dry: 8 cases, so that prepare runs in worker processes as it does on 20; default steps per epoch
+# dry: 8 cases, so that prepare runs in worker processes as it does on 20; 5 steps an epoch,
+# so that both epochs fit the minute (a CPU epoch is 50 steps at least by default)
 DRY = dict(cases=8, shape=(16, 48, 48), minutes=1.0, min_minutes=0.05, overhead={3: 15.0, 2: 15.0}, data_s=15.0,
-           args=["--device", "cpu", "--epochs", "2", "--base-filters", "4", "--depth", "2"])
+           args=["--device", "cpu", "--epochs", "2", "--base-filters", "4", "--depth", "2", "--steps-per-epoch", "5"])
 #: dense bf16 tensor-core peak, FLOP/s, by the first name contained in the GPU's name
 PEAK_BF16 = (("H100 PCIe", 756e12), ("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12))
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Qt (the napari plugin's tests) without a screen
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from unetpp.data.synthetic import write_synthetic_dataset
 

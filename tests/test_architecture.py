@@ -7,7 +7,7 @@ Floors, lowest first (a module may import its own floor and those below):
     2  runtime, run                      how the hardware is used; the run folder
     3  training, inference               the loop; the engine, predictor, evaluate, prune, export
     4  experiment                        compare, demo
-    5  cli, __main__                     the command line
+    5  cli, __main__, napari             the command line; the napari plugin beside it
 
 Imports inside functions count too: a lazy import is still an arrow.
 """
@@ -19,7 +19,8 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "unetpp"
 FLOORS = {"errors": 0, "io": 0, "console": 0, "metrics": 0, "models": 1, "data": 1, "runtime": 2, "run": 2,
-          "training": 3, "inference": 3, "experiment": 4, "cli": 5, "__main__": 5}
+          "training": 3, "inference": 3, "experiment": 4, "cli": 5, "__main__": 5,
+          "napari": 5}
 MAX_LINES = 420
 
 

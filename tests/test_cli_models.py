@@ -80,7 +80,7 @@ def test_command_list_summaries_are_one_paragraph_on_one_line():
 
     infos = list(app.registered_commands)
     infos += [c for g in app.registered_groups for c in g.typer_instance.registered_commands]
-    assert len(infos) == 14  # 9 commands, and the data group's list, fetch, check, prepare, plan
+    assert len(infos) == 16  # 11 commands, and the data group's list, fetch, check, prepare, plan
     for info in infos:
         assert info.short_help and "\n" not in info.short_help, info.name
     prune = next(i for i in infos if i.name == "prune")

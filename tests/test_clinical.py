@@ -94,3 +94,5 @@ def test_label_names_travel_with_the_masks(tmp_path):
     assert json.loads((tmp_path / "out" / "labels.json").read_text()) == {"0": "background", "1": "foreground"}
     lines = (tmp_path / "out" / "labels.txt").read_text().splitlines()
     assert lines[0].startswith("# ITK-SNAP Label Description File") and lines[-1].endswith('"foreground"')
+    assert (tmp_path / "out" / "labels.csv").read_text().splitlines() == [
+        "value,name,colour,code", "0,background,#000000,", "1,foreground,#ff0000,"]

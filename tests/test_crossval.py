@@ -57,11 +57,31 @@ def test_pruning_a_cross_validation_uses_every_out_of_fold_case(cv):
     data, out = cv
     from unetpp.inference.prune import prune
 
-    result = prune(unetpp.load(out), open_dataset(data), repeats=1, warmup=0)
+    ensemble = unetpp.load(out)
+    result = prune(ensemble, open_dataset(data), repeats=1, warmup=0)
     assert result["split"] == "out-of-fold" and result["cases"] == 6
     assert all("iou_ci95" in v for v in result["levels"].values())
     for fold in range(3):
         assert json.loads((out / f"fold_{fold}" / "prune.json").read_text())["chosen"] == result["chosen"]
+    # the QC calibration: out of fold too (every case by the fold that did not train on it),
+    # in the CV folder and every fold, and on the ensemble in memory
+    trust = json.loads((out / "trust.json").read_text())
+    assert sorted(trust["cases"]) == open_dataset(data).case_names and ensemble.trust == trust
+    assert json.loads((out / "fold_1" / "trust.json").read_text()) == trust and unetpp.load(out).trust == trust
+    assert trust["spearman_confidence_dice"] is None or -1 <= trust["spearman_confidence_dice"] <= 1
+
+
+def test_a_cross_validation_packages_as_one_ensemble(cv, tmp_path, monkeypatch):
+    data, out = cv
+    from unetpp.inference.package import build_package, check_model
+
+    monkeypatch.setenv("UNETPP_CACHE", str(tmp_path / "cache"))
+    manifest = build_package(out, tmp_path / "cv.zip", data=str(data))
+    assert manifest["kind"] == "ensemble" and "fold_2/model.safetensors" in manifest["files"]
+    assert not any("/last/" in n or n.startswith("oof/") for n in manifest["files"])
+    ensemble = unetpp.load(tmp_path / "cv.zip")
+    assert isinstance(ensemble, Ensemble) and len(ensemble.members) == 3
+    assert check_model(tmp_path / "cv.zip")["passed"]
 
 
 def test_splits_final_json_of_the_data_sets_the_folds(tmp_path):

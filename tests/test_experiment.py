@@ -193,7 +193,8 @@ def test_demo_resumes_an_interrupted_run(dataset, tmp_path):
 
     out.mkdir()
     _save_state(out, _open_state(out, cfg, False, lambda m: None))
-    train(data=str(dataset), out=str(out / "run"), arch="unetpp", deep_supervision=True, dims=2, width=0.125, depth=2,
+    train(data=str(dataset), out=str(out / "run"), arch="unetpp", preset="paper", schedule="constant",
+          deep_supervision=True, dims=2, width=0.125, depth=2,
           epochs=1, patience=40, batch_size=2, patch_size=[32], steps_per_epoch=1, max_minutes=0.5, seed=0,
           device="cpu", progress="none", tensorboard=False, extra={"demo": True})
     messages: list[str] = []

@@ -12,7 +12,8 @@ import sys
 import typer
 
 from .. import __version__
-from . import commands_data, commands_experiment, commands_inference, commands_models, commands_train
+from . import (commands_data, commands_experiment, commands_inference, commands_models, commands_package,
+               commands_train)
 from .common import fail
 
 app = typer.Typer(name="unetpp", help="UNet++ for medical image segmentation: train, prune, predict.",
@@ -34,7 +35,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     _DEBUG["on"] = debug
 
 
-for module in (commands_models, commands_data, commands_train, commands_inference, commands_experiment):
+for module in (commands_models, commands_data, commands_train, commands_inference, commands_package,
+               commands_experiment):
     module.register(app)
 
 

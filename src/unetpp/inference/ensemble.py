@@ -30,6 +30,7 @@ from ..run import WEIGHTS
 from .engine import probabilities_to_labels
 from .postprocess import read_postprocess
 from .qc import read_trust
+from .unpack import is_package, open_package
 from .predictor import Predictor
 from .predictor import load as load_run
 
@@ -157,7 +158,8 @@ def load(run: str | os.PathLike | Sequence[str | os.PathLike], device: str | tor
          amp: bool | None = None, window: str | None = None) -> Predictor | Ensemble:
     """A run folder -> :class:`Predictor`; a cross-validation folder or several run folders ->
     :class:`Ensemble` (safetensors + JSON, no pickle, as :func:`.predictor.load`); an exported
-    ``.onnx`` file -> :class:`~.deployed.DeployedPredictor` (no run folder needed)."""
+    ``.onnx`` file -> :class:`~.deployed.DeployedPredictor` (no run folder needed); a
+    ``MODEL.zip`` from ``unetpp package`` -> either of the first two (:mod:`.unpack`)."""
     from .deployed import is_model_file
 
     kwargs = dict(device=device, weights=weights, batch_size=batch_size, overlap=overlap, amp=amp, window=window)
@@ -168,6 +170,13 @@ def load(run: str | os.PathLike | Sequence[str | os.PathLike], device: str | tor
         if files:
             raise RunError(f"{files[0]}: a model file; an ensemble is made of run folders")
         return Ensemble([load_run(r, **kwargs) for r in run])
+    if is_package(run):  # MODEL.zip: checked, extracted to the cache once, then a run or CV folder
+        folder = open_package(run)
+        try:
+            return load(folder, **kwargs)
+        except RunError as e:  # name the member of the archive, not the cache's copy
+            raise RunError([line.replace(f"{folder}{os.sep}", f"{run}: ").replace(str(folder), str(run))
+                            for line in e.problems]) from None
     if is_model_file(run):
         from .deployed import load as load_deployed
 

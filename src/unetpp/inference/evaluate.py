@@ -210,10 +210,18 @@ def write_evaluation(result: dict[str, Any], json_path: str | os.PathLike | None
 
 
 def output_paths(run: str | os.PathLike, json_file: str | None) -> tuple[Path | None, Path]:
-    """``--json FILE``: FILE and FILE.csv beside it; none: ``RUN/evaluation.json`` and ``.csv``.
+    """``--json FILE``: FILE and FILE.csv beside it; none: ``RUN/evaluation.json`` and ``.csv``
+    (a ``MODEL.zip``, which is read only: ``MODEL.evaluation.json`` beside it).
 
     ``--json -`` prints the JSON (the caller does) and writes the CSV in RUN.
     """
+    if Path(run).suffix.lower() == ".zip" and Path(run).is_file():
+        stem = Path(run).with_suffix("")
+        csv = Path(f"{stem}.evaluation.csv")
+        if json_file is None:
+            return Path(f"{stem}.evaluation.json"), csv
+        if json_file == "-":
+            return None, csv
     if json_file is None:
         return Path(run) / "evaluation.json", Path(run) / "evaluation.csv"
     if json_file == "-":

@@ -293,7 +293,9 @@ def write_label_names(out: Path, labels: dict[str, str] | None) -> None:
     - ``labels.json``: ``{"0": "background", "5": "liver", ...}`` (nnU-Net/MSD's form), read by
       any tool and by ``evaluate --pred/--ref``;
     - ``labels.txt``: ITK-SNAP's label description file (colours from a fixed palette), which
-      ITK-SNAP and 3D Slicer load beside a NIfTI mask.
+      ITK-SNAP and 3D Slicer load beside a NIfTI mask;
+    - ``labels.csv``: ``value,name,colour,code`` (:func:`labels_csv`), the table a Slicer
+      extension renames segments from.
 
     A JSON beside the mask works for every format we write (NIfTI, NRRD, MHA, PNG, TIF) and
     needs no format-specific fields; NRRD's segment metadata would cover one format only.
@@ -311,6 +313,17 @@ def write_label_names(out: Path, labels: dict[str, str] | None) -> None:
         lines.append(f'{i:5d} {r:5d} {g:4d} {b:4d} {0 if i == 0 else 1:8.2f} {0 if i == 0 else 1:2d} '
                      f'{0 if i == 0 else 1:2d}    "{name}"')
     atomic_write_text(out / "labels.txt", "\n".join(lines) + "\n")
+    atomic_write_text(out / "labels.csv", labels_csv({int(k): v for k, v in labels.items()}))
+
+
+def labels_csv(names: dict[int, str]) -> str:
+    """``value,name,colour,code`` (background included; colours as in labels.txt; ``code``
+    left for a SNOMED CT code): what 3D Slicer's and napari's label tables read."""
+    rows = ["value,name,colour,code"]
+    for value, name in sorted(names.items()):
+        r, g, b = (0, 0, 0) if value == 0 else _PALETTE[(value - 1) % len(_PALETTE)]
+        rows.append(f"{value},{name},#{r:02x}{g:02x}{b:02x},")
+    return "\n".join(rows) + "\n"
 
 
 _PALETTE = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255),
@@ -335,5 +348,5 @@ def _name_file(path: Path, message: str) -> str:
     return message if str(path) in message else f"{path}: {message}"
 
 
-__all__ = ["MASK_FORMATS", "Outcome", "expand_inputs", "label_names", "output_name", "predict_inputs",
+__all__ = ["MASK_FORMATS", "Outcome", "expand_inputs", "label_names", "labels_csv", "output_name", "predict_inputs",
            "write_probabilities"]
