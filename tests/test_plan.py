@@ -66,6 +66,7 @@ def test_spaced_validation_stops_early_on_the_patch_score_and_validates_that_epo
 
     data = write_synthetic_dataset(tmp_path / "d", n_cases=6, size=32, seed=0)
     run = train(data=str(data), out=str(tmp_path / "run"), epochs=20, steps_per_epoch=1, val_every=10, patience=2,
+                min_patience_steps=0,
                 lr=1e-9, base_filters=2, depth=2, patch_size=[32], progress="none", tensorboard=False, device="cpu")
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     # lr ~0: the patch score never improves after epoch 1, so patience 2 stops the run at epoch 3,

@@ -51,3 +51,17 @@ def test_a_run_stored_before_the_schedule_resumes_with_a_constant_rate(tmp_path)
     assert merged.schedule == "constant"
     with pytest.raises(UnetppError, match="--schedule must be one of poly, constant"):
         TrainConfig(data="d", out="o", schedule="cosine").validate()
+
+
+def test_early_stopping_waits_for_min_patience_steps(tmp_path):
+    data = write_synthetic_dataset(tmp_path / "d", n_cases=4, size=32, seed=0)
+    common = dict(data=str(data), base_filters=4, depth=2, patch_size=[32], batch_size=2, epochs=20,
+                  steps_per_epoch=2, lr=1e-12, augment=False, progress="none", device="cpu", tensorboard=False,
+                  patience=1)
+    # lr ~0: the score never improves after epoch 1; patience 1 alone stops at epoch 2, but 1 bad
+    # epoch is 2 steps, so 5 steps need 3 bad epochs: epoch 4
+    waited = train(TrainConfig(out=str(tmp_path / "w"), min_patience_steps=5, **common))
+    alone = train(TrainConfig(out=str(tmp_path / "a"), min_patience_steps=0, **common))
+    for run, epochs in ((waited, 4), (alone, 2)):
+        with (run / "metrics.csv").open() as f:
+            assert len(list(csv.DictReader(f))) == epochs

@@ -41,6 +41,11 @@ def train(
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs. [default: 100]", rich_help_panel=H_OPT),
     patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better "
                                            "validation score. [default: 20]", rich_help_panel=H_OPT),
+    min_patience_steps: Optional[int] = typer.Option(None, "--min-patience-steps",
+                                                     help="... and at least this many training steps in them "
+                                                          "(epochs of a few steps on a small data set would stop "
+                                                          "a run after seconds); 0: epochs only. [default: 1000]",
+                                                     rich_help_panel=H_OPT),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Patches per step (per process). "
                                              "[default: CPU 8 in 2D, 2 in 3D; CUDA from its memory: 'unetpp data plan']", rich_help_panel=H_OPT),
     patch_size: Optional[str] = typer.Option(None, "--patch-size", help="S, or S,S[,S] per axis. "
@@ -51,7 +56,7 @@ def train(
                                                 "epoch (or where --max-minutes ends); constant is the paper's. "
                                                 "[default: poly]", rich_help_panel=H_OPT),
     steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch", help="Steps per epoch. "
-                                                  "[default: CPU every training voxel about once, at least 50; CUDA 250]", rich_help_panel=H_OPT),
+                                                  "[default: CPU every training voxel about once; CUDA 250]", rich_help_panel=H_OPT),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-time budget of the "
                                                 "epochs (steps and validation): stops, resumable, before an epoch "
                                                 "that would not fit.", rich_help_panel=H_OPT),
@@ -103,7 +108,7 @@ def train(
     from ..training.config import parse_patch_size
 
     flags = dict(arch=arch, preset=preset, deep_supervision=deep_supervision, dims=dims, width=width,
-                 base_filters=base_filters, depth=depth, epochs=epochs, patience=patience,
+                 base_filters=base_filters, depth=depth, epochs=epochs, patience=patience, min_patience_steps=min_patience_steps,
                  batch_size=batch_size, lr=lr, schedule=schedule, steps_per_epoch=steps_per_epoch, max_minutes=max_minutes,
                  val_fraction=val_fraction, val_every=val_every, fold=fold, folds=folds, augment=augment,
                  num_workers=num_workers,

@@ -25,7 +25,7 @@ MONITORS = ("accurate", "mean")  # or "L1".."L<depth>": one head
 
 #: Fields a resumed run may change (they do not alter what an epoch computes on CPU, or they
 #: are how long to go on). Everything else is taken from the run folder.
-RESUMABLE_CHANGES = ("epochs", "patience", "device", "num_workers", "max_minutes", "compile",
+RESUMABLE_CHANGES = ("epochs", "patience", "min_patience_steps", "device", "num_workers", "max_minutes", "compile",
                      "channels_last", "amp", "progress", "tensorboard", "data", "val_every")
 
 
@@ -53,6 +53,7 @@ class TrainConfig:
     # optimisation (the paper's: Adam 3e-4, BCE + Dice on every head, early stopping)
     epochs: int = 100
     patience: int | None = 20           # epochs without a better validation score; None: never stop early
+    min_patience_steps: int = 1000      # ... and at least this many steps in them (issue 22); 0: epochs only
     batch_size: int | None = None       # CPU: 8 (2D) / 2 (3D); CUDA: from its memory (plan.settle)
     patch_size: list[int] | None = None  # CPU: 96 (2D) / 64 (3D) per axis; CUDA: from its memory
     lr: float = 3e-4
@@ -128,6 +129,7 @@ class TrainConfig:
         check_int("base_filters", 1, 256, optional=True)
         check_int("epochs", 1)
         check_int("patience", 1, optional=True)
+        check_int("min_patience_steps", 0)
         check_int("batch_size", 1, 4096, optional=True)
         if self.patch_size is not None:
             ps = self.patch_size
@@ -206,7 +208,7 @@ class TrainConfig:
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 DEFAULTS = TrainConfig()
 #: settings added with a new default: what a stored config without them was trained with
-PREVIOUS_DEFAULTS = {"schedule": "constant"}
+PREVIOUS_DEFAULTS = {"schedule": "constant", "min_patience_steps": 0}
 
 
 def normalise_keys(data: Any, source: str) -> dict[str, Any]:
