@@ -51,39 +51,46 @@ CHECK_DICE = 0.99
 _PEAK_CODE = r'''
 import json, sys, torch
 from unetpp.models import ModelConfig, build_model
-cfg, shape = json.loads(sys.argv[1]), tuple(json.loads(sys.argv[2]))
+cfg, shape, key = json.loads(sys.argv[1]), tuple(json.loads(sys.argv[2])), sys.argv[4]
 torch.set_num_threads(int(sys.argv[3]))
 model = build_model(ModelConfig.from_dict(cfg)).eval()
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1])
-out = {}
+net = model if key == "accurate" else model.prune(int(key))
 x = torch.randn(shape)
-for key in [str(lv) for lv in model.levels] + ["accurate"]:
-    net = model if key == "accurate" else model.prune(int(key))
-    open("/proc/self/clear_refs", "w").write("5")
-    base = status("VmRSS:")
-    with torch.inference_mode():
-        net(x)
-    out[key] = (status("VmHWM:") - base) / 1024
-print(json.dumps(out))
+def status(name):
+    for line in open("/proc/self/status"):
+        if line.startswith(name):
+            return int(line.split()[1])
+open("/proc/self/clear_refs", "w").write("5")
+base = status("VmRSS:")
+with torch.inference_mode():
+    net(x)
+print((status("VmHWM:") - base) / 1024)
 '''
 
 
 def peak_memory_mb(model_config: dict[str, Any], input_shape: list[int]) -> dict[str, float] | None:
-    """Peak resident MB above baseline of one forward pass per level (Linux; else None)."""
+    """Peak resident MB of one forward pass per level above the process's baseline (the
+    network built, its input made), each level in a fresh process: what one prediction of a
+    patch costs (Linux's VmHWM, reset through /proc/self/clear_refs; else None). In one
+    process the allocator would keep the first level's memory for the next."""
     if not Path("/proc/self/clear_refs").exists():
         return None
     import torch
 
+    from ..models import ModelConfig
+
+    levels = [str(lv) for lv in ModelConfig.from_dict(model_config).levels] + ["accurate"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
                                                         os.environ.get("PYTHONPATH", "")])}
-    r = subprocess.run([sys.executable, "-c", _PEAK_CODE, json.dumps(model_config), json.dumps(input_shape),
-                        str(torch.get_num_threads())], capture_output=True, text=True, env=env, timeout=600)
-    if r.returncode != 0:
-        return None
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    out = {}
+    for key in levels:
+        r = subprocess.run([sys.executable, "-c", _PEAK_CODE, json.dumps(model_config), json.dumps(input_shape),
+                            str(torch.get_num_threads()), key], capture_output=True, text=True, env=env,
+                           timeout=600)
+        if r.returncode != 0:
+            return None
+        out[key] = float(r.stdout.strip().splitlines()[-1])
+    return out
 
 
 def _cpu_name() -> str:
