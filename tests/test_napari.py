@@ -25,13 +25,11 @@ from napari.components import ViewerModel  # noqa: E402
 
 import unetpp  # noqa: E402
 from unetpp.cli import main  # noqa: E402
-from unetpp.data import open_dataset  # noqa: E402
 from unetpp.data.formats import write_file  # noqa: E402
-from unetpp.data.synthetic import write_synthetic_dataset  # noqa: E402
 from unetpp.napari._reader import get_reader  # noqa: E402
 from unetpp.napari._widget import SegmentWidget, level_choices  # noqa: E402
 
-from test_prune import trained_run  # noqa: E402
+from test_prune import pruned_run as make_pruned_run  # noqa: E402
 
 
 def test_npe2_validates_the_manifest():
@@ -73,14 +71,7 @@ def test_the_reader_reads_a_dicom_series_folder(tmp_path):
 
 @pytest.fixture(scope="module")
 def pruned_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("napari")
-    ds = open_dataset(write_synthetic_dataset(tmp / "ds", n_cases=6, size=40))
-    run = trained_run(tmp / "run", ds, steps=30)
-    try:
-        main(["prune", str(run), str(ds.root), "--repeats", "1", "--device", "cpu"])
-    except SystemExit as e:
-        assert e.code == 0
-    return run, ds
+    return make_pruned_run(tmp_path_factory.mktemp("napari"))
 
 
 def test_level_choices_carry_prune_json(pruned_run):

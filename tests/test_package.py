@@ -13,12 +13,10 @@ from PIL import Image
 
 import unetpp
 from unetpp.cli import main
-from unetpp.data import open_dataset
-from unetpp.data.synthetic import write_synthetic_dataset
 from unetpp.errors import RunError
 from unetpp.inference.unpack import MANIFEST, open_package
 
-from test_prune import trained_run
+from test_prune import pruned_run
 
 
 def run_cli(capsys, *argv):
@@ -35,12 +33,7 @@ def packaged(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pkg")
     mp = pytest.MonkeyPatch()
     mp.setenv("UNETPP_CACHE", str(tmp / "cache"))
-    ds = open_dataset(write_synthetic_dataset(tmp / "ds", n_cases=6, size=40))
-    run = trained_run(tmp / "run", ds, steps=30)
-    try:
-        main(["prune", str(run), str(ds.root), "--repeats", "1", "--device", "cpu"])
-    except SystemExit as e:
-        assert e.code == 0
+    run, ds = pruned_run(tmp)
     zip_path = tmp / "model.zip"
     try:
         main(["package", str(run), "--out", str(zip_path), "--data", str(ds.root), "--licence", "CC-BY-4.0",

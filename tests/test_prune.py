@@ -36,6 +36,17 @@ def trained_run(path, ds, steps=10):
     return path
 
 
+def pruned_run(tmp, steps=30):
+    """``(run, dataset)``: a tiny trained run on 6 synthetic cases (2 train, 4 val), pruned by the CLI."""
+    ds = open_dataset(write_synthetic_dataset(tmp / "ds", n_cases=6, size=40))
+    run = trained_run(tmp / "run", ds, steps=steps)
+    try:
+        main(["prune", str(run), str(ds.root), "--repeats", "1", "--device", "cpu"])
+    except SystemExit as e:
+        assert e.code in (None, 0)
+    return run, ds
+
+
 def test_prune_writes_json_and_png_and_predict_uses_the_choice(tmp_path, capsys):
     ds = open_dataset(write_synthetic_dataset(tmp_path / "ds", n_cases=4, size=40))
     run = trained_run(tmp_path / "run", ds)

@@ -14,13 +14,12 @@ from PIL import Image
 import unetpp
 from unetpp.cli import main
 from unetpp.data import open_dataset
-from unetpp.data.synthetic import write_synthetic_dataset
 from unetpp.errors import RunError
 from unetpp.inference.qc import TRUST, flag, intensity_distance, read_trust, spearman
 from unetpp.inference.uncertainty import (calibrate, calibrate_samples, calibrated_uncertainty, describe_members,
                                           expected_calibration_error, fit_temperature, uncertainty_map)
 
-from test_prune import trained_run
+from test_prune import pruned_run
 
 
 def run_cli(capsys, *argv):
@@ -100,16 +99,7 @@ def test_flag_reasons_against_thresholds():
 @pytest.fixture(scope="module")
 def pruned(tmp_path_factory):
     """A tiny trained UNet++ (3 heads), pruned: prune.json and trust.json."""
-    tmp = tmp_path_factory.mktemp("trust")
-    ds = open_dataset(write_synthetic_dataset(tmp / "ds", n_cases=6, size=40))
-    run = trained_run(tmp / "run", ds, steps=30)
-    code = None
-    try:
-        main(["prune", str(run), str(ds.root), "--repeats", "1", "--device", "cpu"])
-    except SystemExit as e:
-        code = e.code
-    assert code in (None, 0)
-    return run, ds
+    return pruned_run(tmp_path_factory.mktemp("trust"))
 
 
 def test_prune_writes_trust_json(pruned):

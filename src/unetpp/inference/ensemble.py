@@ -29,7 +29,7 @@ from ..models.mode import Mode
 from ..run import WEIGHTS
 from .engine import probabilities_to_labels
 from .postprocess import read_postprocess
-from .qc import read_trust
+from .qc import LazyTrust
 from .unpack import is_package, open_package
 from .predictor import Predictor
 from .predictor import load as load_run
@@ -67,20 +67,11 @@ class Ensemble:
         self.run = Path(folder) if folder is not None else None
         self.config = first.config
         self.postprocess = read_postprocess(self.run) if self.run is not None else None
-        self._trust: Any = None if self.run is None else read_trust  # read when first asked for
         self.device = first.device
         self._same_input = all(m.data_config == first.data_config for m in self.members)
 
-    @property
-    def trust(self) -> dict[str, Any] | None:
-        """The CV folder's trust.json (calibrated out of fold by prune), else None; read on first use."""
-        if callable(self._trust):
-            self._trust = self._trust(self.run)
-        return self._trust
-
-    @trust.setter
-    def trust(self, value: dict[str, Any] | None) -> None:
-        self._trust = value
+    #: RUN/trust.json (temperature, QC thresholds; written by prune), read on first use
+    trust = LazyTrust()
 
     # the Predictor's description
     levels = property(lambda self: self.members[0].levels)

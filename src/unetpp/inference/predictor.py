@@ -58,7 +58,7 @@ from ..run import PRUNE, WEIGHTS, load_model, stored_patch_size
 from .engine import level_network, predict_with, probabilities, probabilities_to_labels
 from .postprocess import apply as apply_postprocess
 from .postprocess import read_postprocess
-from .qc import read_trust
+from .qc import LazyTrust
 from .window import WINDOWS, Window
 
 
@@ -142,7 +142,6 @@ class Predictor:
         self.choice = read_prune_choice(self.run)
         #: the run's postprocess.json (chosen on out-of-fold predictions), applied to masks
         self.postprocess = read_postprocess(self.run)
-        self._trust: Any = None if self.run is None else read_trust  # read when first asked for
         #: the training patch as stored (no default of its own): the patch windows, the
         #: large windows' smallest
         self.patch_size: tuple[int, ...] = stored_patch_size(config, model.config.dims,
@@ -156,17 +155,8 @@ class Predictor:
         self.precision, _ = runtime.choose_precision(self.device, amp)
 
     # ------------------------------------------------------------------ description
-    @property
-    def trust(self) -> dict[str, Any] | None:
-        """RUN/trust.json (temperature, QC thresholds; written by prune), else None. Read on
-        first use, so a damaged one stops ``predict --uncertainty`` only."""
-        if callable(self._trust):
-            self._trust = self._trust(self.run)
-        return self._trust
-
-    @trust.setter
-    def trust(self, value: dict[str, Any] | None) -> None:
-        self._trust = value
+    #: RUN/trust.json (temperature, QC thresholds; written by prune), read on first use
+    trust = LazyTrust()
 
     @property
     def model_config(self):

@@ -292,6 +292,21 @@ def read_trust(run: str | os.PathLike | None) -> dict[str, Any] | None:
     return data
 
 
+class LazyTrust:
+    """The ``trust`` attribute of a predictor or ensemble: ``read_trust(obj.run)`` on first use
+    (a damaged file stops ``--uncertainty`` only, not a plain prediction); assignable."""
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        if "_trust" not in obj.__dict__:
+            obj.__dict__["_trust"] = read_trust(getattr(obj, "run", None))
+        return obj.__dict__["_trust"]
+
+    def __set__(self, obj: Any, value: dict[str, Any] | None) -> None:
+        obj.__dict__["_trust"] = value
+
+
 QC_COLUMNS = ("case", "uncertainty_inside", "confidence", "intensity_distance", "flag", "reasons")
 
 
@@ -323,5 +338,5 @@ def qc_row(name: str, labels: np.ndarray, uncertainty: np.ndarray, image: torch.
     return {"case": name, **features, "flag": verdict, "reasons": reasons}
 
 
-__all__ = ["QUANTILES", "TRUST", "calibrate_trust", "case_features", "channel_quantiles", "flag",
+__all__ = ["QUANTILES", "TRUST", "LazyTrust", "calibrate_trust", "case_features", "channel_quantiles", "flag",
            "intensity_distance", "qc_row", "read_trust", "spearman", "write_qc", "write_trust"]

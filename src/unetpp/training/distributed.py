@@ -73,6 +73,15 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
+def mean_over_ranks(value: float, info: DistInfo, device: torch.device) -> float:
+    """``value`` averaged over the ranks (itself for one process): a decision every rank takes
+    alike (the time budget, the learning-rate horizon)."""
+    if not info.enabled:
+        return value
+    return float(all_reduce_sum(torch.tensor([value], dtype=torch.float64, device=device), info)[0]
+                 / info.world_size)
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

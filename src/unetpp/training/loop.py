@@ -281,7 +281,7 @@ def _train(cfg: TrainConfig, run: Path, ds: Any, saved: dict[str, Any] | None, d
                 train_seconds = time.perf_counter() - t0
 
                 # a resumed epoch: both parts; under torchrun the ranks' mean, so they all decide alike
-                epoch_seconds = _rank_mean(state["seconds"] + time.perf_counter() - t0, info, stats_device)
+                epoch_seconds = distributed.mean_over_ranks(state["seconds"] + time.perf_counter() - t0, info, stats_device)
                 out_of_time = out_of_time_after(cfg.max_minutes, state["wall_seconds"], epoch, epoch_seconds)
                 last = epoch == cfg.epochs or out_of_time
                 if p.patch_score is not None:  # patience, between whole-case validations
@@ -292,7 +292,7 @@ def _train(cfg: TrainConfig, run: Path, ds: Any, saved: dict[str, Any] | None, d
                     last = last or _patience_spent(cfg, state)  # stopping: validate it whole
                 scores = p.validator(model) if epoch % p.val_every == 0 or last else None
                 best = _end_epoch(epoch, scores, state, records, p, t0, train_seconds)
-                state["wall_seconds"] = _rank_mean(state["wall_seconds"], info, stats_device)
+                state["wall_seconds"] = distributed.mean_over_ranks(state["wall_seconds"], info, stats_device)
                 state["horizon"] = horizon(cfg.epochs, cfg.max_minutes, state["wall_seconds"], epoch)
                 writer.submit(EpochFiles(snapshot(epoch, 0), best=best))
                 _log_epoch(progress, epoch, cfg.epochs, records.rows[-1], scores, levels, state, best is not None)
@@ -382,14 +382,6 @@ def _patience_spent(cfg: TrainConfig, state: dict[str, Any]) -> bool:
     bad = state["bad_epochs"]
     return cfg.patience is not None and bad >= cfg.patience and \
         bad * (cfg.steps_per_epoch or 1) >= cfg.min_patience_steps
-
-
-def _rank_mean(value: float, info: Any, device: torch.device) -> float:
-    """``value`` averaged over the torchrun ranks (itself for one process)."""
-    if not info.enabled:
-        return value
-    return float(distributed.all_reduce_sum(torch.tensor([value], dtype=torch.float64, device=device), info)[0]
-                 / info.world_size)
 
 
 def _close_quietly(writer: RunWriter) -> None:
