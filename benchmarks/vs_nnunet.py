@@ -16,7 +16,10 @@ The protocol:
    one change, in a subclass (``nnUNetTrainer_UnetppBudget``): after its first epoch it sets
    ``num_epochs`` (and the poly schedule's length) so that the run fits the budget, and it
    stops there (``on_train_end`` as usual: final checkpoint, final validation). Iterations per
-   epoch stay nnU-Net's (250 + 50 validation). The subclass is written at the top of
+   epoch stay nnU-Net's (250 + 50 validation) whenever 4 such epochs fit the budget (both
+   nuclei-2d budgets); where they would not (3D on 2 CPU cores: one epoch of 250 steps is
+   longer than the whole budget), the first 10 steps are timed and the epochs shortened so
+   that 4 fit, train:val kept at 5:1. The subclass is written at the top of
    nnU-Net's trainer folder: nnU-Net looks trainers up by importing its modules one by one,
    and a Primus trainer met before it imports timm -> torchvision, which does not load
    beside the CPU torch.
@@ -29,7 +32,11 @@ The protocol:
    ``cases.png`` (Dice per test case). Wall seconds and peak RSS of every command.
 
 Never a timed test. Binary 2D image data sets (PNG/TIF images and masks) and nnU-Net-layout
-volume data sets are supported.
+volume data sets are supported, and ``nuclei-3d-blocks``: the nuclei-3d sample cut into 16
+blocks of 60x64x64 with a held-out test row (written once beside the sample; see
+``nuclei_3d_blocks``)::
+
+    python benchmarks/vs_nnunet.py nuclei-3d-blocks --minutes 10 --out docs/results/vs-nnunet/nuclei-3d-cpu-10min
 """
 
 from __future__ import annotations
@@ -56,11 +63,12 @@ benchmarks/vs_nnunet.py writes this file; the budget is the only change)."""
 import os
 import time
 
+import torch
+
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-
-class _BudgetReached(Exception):
-    pass
+MIN_EPOCHS = 4  # nnU-Net's 250-step epochs are kept whenever at least this many fit the budget
+TIMED_STEPS = 10  # steps timed at the start of the first epoch (after one warm-up step)
 
 
 class nnUNetTrainer_UnetppBudget(nnUNetTrainer):
@@ -68,6 +76,23 @@ class nnUNetTrainer_UnetppBudget(nnUNetTrainer):
         super().on_train_start()
         self._budget_s = float(os.environ["UNETPP_BENCH_BUDGET_S"])
         self._started = time.perf_counter()
+        self._step_clock = []
+
+    def train_step(self, batch):
+        out = super().train_step(batch)
+        if self.current_epoch == 0 and len(self._step_clock) <= TIMED_STEPS:
+            self._step_clock.append(time.perf_counter())
+            if len(self._step_clock) == TIMED_STEPS + 1:
+                per_step = (self._step_clock[-1] - self._step_clock[0]) / TIMED_STEPS
+                # a validation step (forward only) costs about a third of a training step
+                epoch_s = per_step * (self.num_iterations_per_epoch + self.num_val_iterations_per_epoch / 3)
+                self.print_to_log_file(f"budget {self._budget_s:.0f} s: {per_step:.2f} s a step, "
+                                       f"{self._budget_s / epoch_s:.1f} epochs of 250 steps would fit")
+                if self._budget_s / epoch_s < MIN_EPOCHS:  # shorter epochs, nnU-Net's 5:1 train:val kept
+                    steps = max(TIMED_STEPS + 2, int(self._budget_s / MIN_EPOCHS / per_step / (1 + 1 / 15)))
+                    self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = steps, max(2, steps // 5)
+                    self.print_to_log_file(f"epochs shortened to {steps} + {steps // 5} steps")
+        return out
 
     def on_epoch_end(self):
         super().on_epoch_end()  # current_epoch is now the number of epochs done
@@ -76,14 +101,24 @@ class nnUNetTrainer_UnetppBudget(nnUNetTrainer):
             self.num_epochs = max(1, int(self._budget_s / per_epoch))
             self.lr_scheduler.max_steps = self.num_epochs
             self.print_to_log_file(f"budget {self._budget_s:.0f} s: {self.num_epochs} epochs of {per_epoch:.1f} s")
-        if self.current_epoch >= self.num_epochs:
-            raise _BudgetReached
 
     def run_training(self):
-        try:
-            super().run_training()
-        except _BudgetReached:
-            self.on_train_end()
+        # nnU-Net's own loop, except that the lengths are read as it goes: the first epoch may
+        # shorten the epochs, and the end of the first epoch sets their number
+        self.on_train_start()
+        while self.current_epoch < self.num_epochs:
+            self.on_epoch_start()
+            self.on_train_epoch_start()
+            outputs = []
+            while len(outputs) < self.num_iterations_per_epoch:
+                outputs.append(self.train_step(next(self.dataloader_train)))
+            self.on_train_epoch_end(outputs)
+            with torch.no_grad():
+                self.on_validation_epoch_start()
+                val = [self.validation_step(next(self.dataloader_val)) for _ in range(self.num_val_iterations_per_epoch)]
+                self.on_validation_epoch_end(val)
+            self.on_epoch_end()
+        self.on_train_end()
 '''
 DATASET_ID = 501
 
@@ -119,6 +154,43 @@ def load_split(data: str) -> tuple[Any, dict[str, list[str]]]:
     if ds.classes != 1:
         raise SystemExit(f"{data}: {ds.classes} classes; this benchmark compares binary tasks")
     return ds, {k: list(split[k]) for k in ("train", "val", "test")}
+
+
+DERIVED = {"nuclei-3d-blocks": "the nuclei-3d sample cut into 16 blocks of 60x64x64 with a held-out test row"}
+
+
+def nuclei_3d_blocks() -> Path:
+    """A 3D data set with a test split, derived from the fetched ``nuclei-3d`` sample: its four
+    60x128x128 quarters cut into 16 blocks of 60x64x64 (1 mm voxels as stored). The 256x256
+    field's bottom row of blocks (4) is the test set, the left half of the row above it (2)
+    validation, the other 10 blocks training; a nucleus cut by a block border can sit on both
+    sides of it, as in nuclei-2d. Written once beside the sample, with its own splits.json."""
+    from unetpp.data.formats import read_file, write_file
+    from unetpp.data.samples import fetch
+    from unetpp.io import atomic_write_json
+
+    sample = fetch("nuclei-3d")
+    dest = sample.parent / "nuclei-3d-blocks"
+    if (dest / "splits.json").is_file():
+        return dest
+    split: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for q, (qy, qx) in enumerate([(0, 0), (0, 128), (128, 0), (128, 128)]):  # the sample's tile_grid order
+        image = read_file(sample / "imagesTr" / f"nuclei_{q}_0000.nii.gz")[0][0]  # (C, z, y, x) -> (z, y, x)
+        label = read_file(sample / "labelsTr" / f"nuclei_{q}.nii.gz", mask=True)[0][0]
+        meta = {"spacing": [1.0, 1.0, 1.0]}  # as the sample writes them
+        for by in (0, 64):
+            for bx in (0, 64):
+                y, x = qy + by, qx + bx
+                name = f"block_y{y:03d}_x{x:03d}"
+                sl = (slice(None), slice(by, by + 64), slice(bx, bx + 64))
+                write_file(dest / "imagesTr" / f"{name}_0000.nii.gz", np.ascontiguousarray(image[sl]), meta)
+                write_file(dest / "labelsTr" / f"{name}.nii.gz", np.ascontiguousarray(label[sl]), meta)
+                split["test" if y == 192 else "val" if (y == 128 and x < 128) else "train"].append(name)
+    atomic_write_json(dest / "dataset.json", {
+        "name": "nuclei-3d-blocks", "channel_names": {"0": "microscopy"}, "labels": {"background": 0, "nucleus": 1},
+        "numTraining": 16, "file_ending": ".nii.gz", "description": DERIVED["nuclei-3d-blocks"]})
+    atomic_write_json(dest / "splits.json", {k: sorted(v) for k, v in split.items()})
+    return dest
 
 
 def case_files(ds: Any, name: str) -> tuple[Path, Path | None]:
@@ -334,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or args.out / "work"
     work.mkdir(parents=True, exist_ok=True)
     log = args.out / "log.txt"
+    if args.data in DERIVED:
+        args.data = str(nuclei_3d_blocks())
     ds, split = load_split(args.data)
     dims, _ = write_nnunet_raw(ds, split, work / "nnUNet_raw", work)
     entry: dict[str, Any] = {"name": Path(str(ds.root)).name, "dims": dims, "split": split,

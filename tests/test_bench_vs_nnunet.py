@@ -23,13 +23,40 @@ class _FakeScheduler:
 
 
 class _FakeTrainer:
-    """nnU-Net's loop as it is shaped: range(current_epoch, num_epochs), evaluated once."""
+    """nnU-Net's trainer as the subclass meets it: the hooks of its loop, 250 + 50 steps an
+    epoch, a training step costing ``clock.step`` seconds and a validation step a third of it."""
 
     def __init__(self, clock):
         self.current_epoch, self.num_epochs, self.lr_scheduler, self.clock = 0, 1000, _FakeScheduler(), clock
-        self.ended, self.log = False, []
+        self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 250, 50
+        self.dataloader_train = self.dataloader_val = iter(int, 1)  # endless batches
+        self.ended, self.log, self.epoch_lengths = False, [], []
 
     def on_train_start(self):
+        pass
+
+    def on_epoch_start(self):
+        self.epoch_lengths.append(0)
+
+    def on_train_epoch_start(self):
+        pass
+
+    def train_step(self, batch):
+        self.clock.now += self.clock.step
+        self.epoch_lengths[-1] += 1
+        return {}
+
+    def on_train_epoch_end(self, outputs):
+        pass
+
+    def on_validation_epoch_start(self):
+        pass
+
+    def validation_step(self, batch):
+        self.clock.now += self.clock.step / 3
+        return {}
+
+    def on_validation_epoch_end(self, outputs):
         pass
 
     def on_epoch_end(self):
@@ -41,18 +68,10 @@ class _FakeTrainer:
     def print_to_log_file(self, *args):
         self.log.append(" ".join(map(str, args)))
 
-    def run_training(self):
-        self.on_train_start()
-        for _ in range(self.current_epoch, self.num_epochs):
-            self.clock.now += 3.0  # an epoch takes 3 s
-            self.on_epoch_end()
-        self.on_train_end()
 
-
-def test_budget_trainer_fits_the_epochs_to_the_budget_and_ends_normally(monkeypatch):
-    clock = types.SimpleNamespace(now=0.0)
+def _budget_trainer(monkeypatch, budget_s: float, step_s: float):
+    clock = types.SimpleNamespace(now=0.0, step=step_s)
     fake = types.ModuleType("nnunetv2.training.nnUNetTrainer.nnUNetTrainer")
-    fake.nnUNetTrainer = lambda: None  # replaced below by a class bound to the clock
 
     class Base(_FakeTrainer):
         def __init__(self):
@@ -62,14 +81,30 @@ def test_budget_trainer_fits_the_epochs_to_the_budget_and_ends_normally(monkeypa
     for name in ("nnunetv2", "nnunetv2.training", "nnunetv2.training.nnUNetTrainer"):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     monkeypatch.setitem(sys.modules, fake.__name__, fake)
-    monkeypatch.setenv("UNETPP_BENCH_BUDGET_S", "10")
+    monkeypatch.setenv("UNETPP_BENCH_BUDGET_S", str(budget_s))
     namespace: dict = {}
     exec(compile(vs_nnunet.TRAINER_CODE, "trainer", "exec"), namespace)
     monkeypatch.setattr(namespace["time"], "perf_counter", lambda: clock.now)  # the trainer's clock: the fake
     trainer = namespace[vs_nnunet.TRAINER]()
     trainer.run_training()
-    assert trainer.current_epoch == 3 and trainer.num_epochs == 3  # 10 s / 3 s an epoch
-    assert trainer.lr_scheduler.max_steps == 3 and trainer.ended and "3 epochs" in trainer.log[0]
+    return trainer, clock
+
+
+def test_budget_trainer_fits_the_epochs_to_the_budget_and_ends_normally(monkeypatch):
+    trainer, clock = _budget_trainer(monkeypatch, budget_s=30, step_s=0.01)  # 2.67 s an epoch of 250 + 50
+    assert trainer.num_epochs == 11 and trainer.current_epoch == 11  # int(30 / 2.67)
+    assert trainer.epoch_lengths == [250] * 11  # enough epochs fit: nnU-Net's own length is kept
+    assert trainer.lr_scheduler.max_steps == 11 and trainer.ended and "11 epochs" in trainer.log[-1]
+    assert 27 <= clock.now <= 30
+
+
+def test_budget_trainer_shortens_epochs_that_would_not_fit_four_times(monkeypatch):
+    trainer, clock = _budget_trainer(monkeypatch, budget_s=100, step_s=1.0)  # 267 s an epoch of 250 + 50
+    steps = int(100 / 4 / 1.0 / (1 + 1 / 15))  # 23 training steps, 4 validation steps
+    assert trainer.epoch_lengths == [steps] * 4 and trainer.num_val_iterations_per_epoch == steps // 5
+    assert trainer.num_epochs == trainer.current_epoch == 4 and trainer.ended
+    assert 90 <= clock.now <= 100  # the whole run inside the budget
+    assert any("shortened" in line for line in trainer.log)
 
 
 def test_raw_data_set_holds_the_split_with_test_cases_apart(tmp_path):
