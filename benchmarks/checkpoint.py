@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--long", type=int, default=8)
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
-    from unetpp.data.synthetic import write_synthetic_dataset
+    from unetpp.data.samples.synthetic import write_synthetic_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         data = write_synthetic_dataset(Path(tmp) / "vol", layout="nnunet", n_cases=3, size=(16, 32, 32), dims=3,

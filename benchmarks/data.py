@@ -74,7 +74,7 @@ def child(spec: dict) -> dict:
     import torch
 
     from unetpp.data import open_dataset
-    from unetpp.data.pipeline import make_train_loader
+    from unetpp.data.loading.pipeline import make_train_loader
 
     torch.set_num_threads(spec.get("threads", 1))
     out: dict = {}

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from unetpp.data.synthetic import write_synthetic_dataset
+from unetpp.data.samples.synthetic import write_synthetic_dataset
 from unetpp.training import TrainConfig, train
 
 CONFIGS = {

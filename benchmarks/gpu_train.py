@@ -107,7 +107,7 @@ def ct_case(shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndar
 
 
 def write_case(dest: Path, i: int, shape: tuple[int, int, int]) -> None:
-    from unetpp.data.formats import write_file  # the writer `unetpp` itself uses (gzip level 6)
+    from unetpp.data.files.formats import write_file  # the writer `unetpp` itself uses (gzip level 6)
 
     image, label = ct_case(shape, seed=i)
     write_file(dest / "imagesTr" / f"case_{i:03d}_0000.nii.gz", image, {"spacing": SPACING})
@@ -198,7 +198,7 @@ def summarise(run: Path, data: Path, done: dict[str, Any], gpu: str | None) -> d
     steps = train["steps_per_epoch"]
     if steps is None:  # the loader's default: patches that tile every training case once
         from unetpp.data import open_dataset
-        from unetpp.data.pipeline import default_samples_per_epoch
+        from unetpp.data.loading.pipeline import default_samples_per_epoch
 
         samples = default_samples_per_epoch(open_dataset(data), config["split"]["train"], train["patch_size"])
         steps = max(1, math.ceil(samples / train["batch_size"]))

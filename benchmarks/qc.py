@@ -53,7 +53,7 @@ def sh(cmd: list[str], log: Path) -> float:
 
 
 def read_gray(path: Path) -> np.ndarray:
-    from unetpp.data.formats import read_file
+    from unetpp.data.files.formats import read_file
 
     array, _ = read_file(path)
     a = np.asarray(array, dtype=np.float64)
@@ -61,7 +61,7 @@ def read_gray(path: Path) -> np.ndarray:
 
 
 def write_like(path: Path, array: np.ndarray, dtype: np.dtype) -> None:
-    from unetpp.data.formats import write_file
+    from unetpp.data.files.formats import write_file
 
     info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
     a = np.clip(array, info.min, info.max) if info else array
@@ -70,9 +70,9 @@ def write_like(path: Path, array: np.ndarray, dtype: np.dtype) -> None:
 
 def ct_slice(shape: tuple[int, ...], top: float) -> np.ndarray:
     """The middle axial slice of the ct-abdomen sample, soft-tissue window, scaled to [0, top]."""
-    from unetpp.data.formats import read_file
-    from unetpp.data.layouts import scan
-    from unetpp.data.samples import fetch, fetched_location
+    from unetpp.data.files.formats import read_file
+    from unetpp.data.cases.layouts import scan
+    from unetpp.data.samples.catalog import fetch, fetched_location
 
     case = scan(fetched_location("ct-abdomen") or fetch("ct-abdomen")).cases[0]
     volume, _ = read_file(case.images[0])
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from unetpp.data import open_dataset
-    from unetpp.data.layouts import scan
+    from unetpp.data.cases.layouts import scan
 
     ds = open_dataset(args.data)
     split = ds.default_split or {}
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     for f in test:
         shutil.copy(f, inputs / f"clean_{f.name}")
     first = test[0]
-    from unetpp.data.formats import read_file
+    from unetpp.data.files.formats import read_file
 
     raw, _ = read_file(first)
     dtype = np.asarray(raw).dtype

@@ -165,8 +165,8 @@ def nuclei_3d_blocks() -> Path:
     field's bottom row of blocks (4) is the test set, the left half of the row above it (2)
     validation, the other 10 blocks training; a nucleus cut by a block border can sit on both
     sides of it, as in nuclei-2d. Written once beside the sample, with its own splits.json."""
-    from unetpp.data.formats import read_file, write_file
-    from unetpp.data.samples import fetch
+    from unetpp.data.files.formats import read_file, write_file
+    from unetpp.data.samples.catalog import fetch
     from unetpp.io import atomic_write_json
 
     sample = fetch("nuclei-3d")
@@ -195,7 +195,7 @@ def nuclei_3d_blocks() -> Path:
 
 def case_files(ds: Any, name: str) -> tuple[Path, Path | None]:
     """The source image and label files of a case (the raw files, not the prepared copy)."""
-    from unetpp.data.layouts import scan
+    from unetpp.data.cases.layouts import scan
 
     case = {c.name: c for c in scan(ds.root).cases}[name]
     return Path(case.images[0]), (Path(case.label) if case.label else None)

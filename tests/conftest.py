@@ -9,7 +9,7 @@ import pytest
 # Qt (the napari plugin's tests) without a screen
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from unetpp.data.synthetic import write_synthetic_dataset
+from unetpp.data.samples.synthetic import write_synthetic_dataset
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,10 @@ Floors, lowest first (a module may import its own floor and those below):
     5  cli, __main__, napari             the command line; the napari plugin beside it
 
 Imports inside functions count too: a lazy import is still an arrow.
+
+The data room is split the same way: its rooms, lowest first, are files, samples, cases,
+planning and loading, and above them the modules at the top of ``data/`` (open, io and the
+public face in ``__init__``); a room imports only the rooms before it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ FLOORS = {"errors": 0, "io": 0, "console": 0, "metrics": 0, "models": 1, "data":
           "training": 3, "inference": 3, "experiment": 4, "cli": 5, "__main__": 5,
           "napari": 5}
 MAX_LINES = 420
+DATA_ROOMS = {"files": 0, "samples": 1, "cases": 2, "planning": 3, "loading": 4}
+DATA_TOP = len(DATA_ROOMS)  # open.py, io.py and the package's __init__: above every room
+MAX_DATA_TOP_MODULES = 8
 
 
 def module_name(path: Path) -> str:
@@ -104,3 +111,32 @@ def test_no_source_file_too_long():
     long = [f"{p.relative_to(SRC)}: {n} lines" for p in SRC.rglob("*.py")
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES]
     assert not long, "\n".join(long)
+
+
+def data_room(module: str) -> int | None:
+    parts = module.split(".")
+    if parts[:2] != ["unetpp", "data"]:
+        return None
+    return DATA_ROOMS.get(parts[2], DATA_TOP) if len(parts) > 2 else DATA_TOP
+
+
+def test_data_rooms_import_only_the_rooms_below():
+    problems = []
+    for module, targets in graph().items():
+        mine = data_room(module)
+        for target in targets if mine is not None else ():
+            theirs = data_room(target)
+            if theirs is not None and theirs > mine:
+                problems.append(f"{module} (data room {mine}) imports {target} (data room {theirs})")
+    assert not problems, "\n".join(sorted(problems))
+
+
+def test_data_top_is_small_and_every_room_says_what_it_may_import():
+    data = SRC / "data"
+    top = sorted(p.name for p in data.glob("*.py"))
+    assert len(top) <= MAX_DATA_TOP_MODULES, top
+    rooms = sorted(p.name for p in data.iterdir() if (p / "__init__.py").is_file())
+    assert rooms == sorted(DATA_ROOMS)
+    for room in rooms:
+        doc = ast.get_docstring(ast.parse((data / room / "__init__.py").read_text(encoding="utf-8")))
+        assert doc and "May import:" in doc, f"data/{room}/__init__.py: say what lives there and what it may import"

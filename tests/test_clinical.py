@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from unetpp.data import open_dataset
-from unetpp.data.normalize import apply_normalization
+from unetpp.data.cases.normalize import apply_normalization
 from unetpp.metrics import case_scores
 from unetpp.training.loss import segmentation_loss
 
@@ -78,7 +78,7 @@ def test_mri_with_a_zero_background_is_normalised_inside_the_non_zero_mask(tmp_p
 
 def test_label_names_travel_with_the_masks(tmp_path):
     import unetpp
-    from unetpp.data.synthetic import write_synthetic_dataset
+    from unetpp.data.samples.synthetic import write_synthetic_dataset
     from unetpp.inference.predict import predict_inputs
     from unetpp.run import make_run_config, save_weights, write_run_config
 

@@ -9,7 +9,7 @@ import pytest
 
 import unetpp
 from unetpp.data import open_dataset
-from unetpp.data.synthetic import write_synthetic_dataset
+from unetpp.data.samples.synthetic import write_synthetic_dataset
 from unetpp.experiment.crossval import cross_validate
 from unetpp.inference.ensemble import Ensemble
 from unetpp.inference.postprocess import apply, choose
@@ -89,7 +89,7 @@ def test_splits_final_json_of_the_data_sets_the_folds(tmp_path):
     names = sorted(p.stem for p in (data / "images").iterdir())
     folds = [{"train": names[1:], "val": names[:1]}, {"train": names[:1], "val": names[1:]}]
     (data / "splits_final.json").write_text(json.dumps(folds))
-    from unetpp.data.pipeline import cross_validation_splits, make_split
+    from unetpp.data.loading.pipeline import cross_validation_splits, make_split
 
     ds = open_dataset(data)
     assert cross_validation_splits(ds, 5) == folds

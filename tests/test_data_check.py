@@ -12,8 +12,8 @@ import pytest
 
 from unetpp.cli.app import main
 from unetpp.data import DataError, check_dataset, open_dataset
-from unetpp.data.formats import write_file
-from unetpp.data.synthetic import write_synthetic_dataset
+from unetpp.data.files.formats import write_file
+from unetpp.data.samples.synthetic import write_synthetic_dataset
 
 
 def problems_of(root) -> list[str]:

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from unetpp.data import DataError, open_dataset
-from unetpp.data.formats import read_file, write_file
+from unetpp.data.files.formats import read_file, write_file
 from unetpp.data.io import read_input, write_mask
-from unetpp.data.normalize import apply_normalization, fit_channel, modality_of
-from unetpp.data.resample import resize, target_spacing
-from unetpp.data.synthetic import make_blobs, write_synthetic_dataset
+from unetpp.data.cases.normalize import apply_normalization, fit_channel, modality_of
+from unetpp.data.cases.resample import resize, target_spacing
+from unetpp.data.samples.synthetic import make_blobs, write_synthetic_dataset
 
 
 def test_image_folders_gray_binary(synthetic_2d):

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from unetpp.data import open_dataset
-from unetpp.data.augment import augment, context_size
-from unetpp.data.pipeline import crop, make_split, make_train_loader
+from unetpp.data.loading.augment import augment, context_size
+from unetpp.data.loading.pipeline import crop, make_split, make_train_loader
 
 
 def batches(loader, epoch):
@@ -118,7 +118,7 @@ def test_patches_larger_than_images_are_padded(synthetic_2d):
 def test_foreground_oversampling(tmp_path):
     """A case whose foreground is one small square: without oversampling, random patches
     rarely contain it; with it, about a third (or all, at fraction 1) do."""
-    from unetpp.data.formats import write_file
+    from unetpp.data.files.formats import write_file
 
     img = np.zeros((96, 96), np.uint8)
     mask = np.zeros((96, 96), np.uint8)

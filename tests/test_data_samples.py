@@ -19,9 +19,9 @@ import tifffile
 
 from unetpp.cli.app import main
 from unetpp.data import DataError, open_dataset
-from unetpp.data import samples as S
-from unetpp.data.pipeline import make_split
-from unetpp.data.synthetic import make_blobs
+from unetpp.data.samples import catalog as S
+from unetpp.data.loading.pipeline import make_split
+from unetpp.data.samples.synthetic import make_blobs
 
 
 def tif_bytes(array) -> bytes:

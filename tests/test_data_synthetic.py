@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from unetpp.data import open_dataset
-from unetpp.data.synthetic import make_blobs, write_synthetic_dataset
+from unetpp.data.samples.synthetic import make_blobs, write_synthetic_dataset
 
 
 def test_make_blobs_is_seeded_and_shaped():

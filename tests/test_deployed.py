@@ -13,7 +13,7 @@ import torch
 import unetpp
 from unetpp import create_model
 from unetpp.data import open_dataset
-from unetpp.data.synthetic import write_synthetic_dataset
+from unetpp.data.samples.synthetic import write_synthetic_dataset
 from unetpp.errors import UnetppError
 from unetpp.inference.deployed import DeployedPredictor, export_run
 from unetpp.inference.export import MISSING_EXTRA, export, onnx_metadata, onnx_session, with_metadata

@@ -121,7 +121,7 @@ def test_compile_pays_only_on_a_long_enough_run_and_workers_fit_the_cores():
 
 
 def test_data_plan_cli_prints_the_train_section_without_a_gpu(tmp_path, capsys):
-    from unetpp.data.synthetic import write_synthetic_dataset
+    from unetpp.data.samples.synthetic import write_synthetic_dataset
 
     data = write_synthetic_dataset(tmp_path / "vol", layout="nnunet", n_cases=5, size=(16, 48, 48), dims=3,
                                    seed=0, spacing=(1.0, 1.0, 1.0))

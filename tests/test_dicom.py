@@ -21,9 +21,9 @@ from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGLosslessSV1, generate_uid  # noqa: E402
 
 from unetpp.data import DataError, check_dataset, open_dataset  # noqa: E402
-from unetpp.data import dicom as D  # noqa: E402
-from unetpp.data import samples as S  # noqa: E402
-from unetpp.data.formats import read_file, write_file  # noqa: E402
+from unetpp.data.files import dicom as D  # noqa: E402
+from unetpp.data.samples import catalog as S  # noqa: E402
+from unetpp.data.files.formats import read_file, write_file  # noqa: E402
 
 ROW, COL = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0)
 
@@ -191,8 +191,8 @@ def test_layouts_take_series_folders(tmp_path, layout):
     assert check_dataset(root) == []
     ds = open_dataset(root, prepared=False)
     assert (ds.layout, ds.spatial_dims, ds.modality, len(ds)) == (layout, 3, "ct", 2)
-    from unetpp.data.check import read_case
-    from unetpp.data.orientation import reorientation, to_canonical
+    from unetpp.data.cases.check import read_case
+    from unetpp.data.cases.orientation import reorientation, to_canonical
 
     image, label, meta = read_case(ds._files["c1"], ds.labels)
     assert image.shape == (1, 8, 16, 16) and np.array_equal(label, labels) and meta["format"] == "dicom"
@@ -222,7 +222,7 @@ def series_run(tmp_path_factory):
 def test_predict_series_as_nifti_and_dicom_seg(tmp_path, series_run, capsys):
     import unetpp
     from unetpp.cli import main
-    from unetpp.data.dicom_seg import read_dicom_seg
+    from unetpp.data.files.dicom_seg import read_dicom_seg
     from unetpp.inference.predict import predict_inputs
 
     run, root = series_run
@@ -255,7 +255,7 @@ def test_predict_series_as_nifti_and_dicom_seg(tmp_path, series_run, capsys):
 
 
 def test_dicom_seg_round_trip_of_a_known_mask(tmp_path):
-    from unetpp.data.dicom_seg import read_dicom_seg, write_dicom_seg
+    from unetpp.data.files.dicom_seg import read_dicom_seg, write_dicom_seg
 
     folder = write_series(tmp_path / "s", volume((5, 6, 7)))
     _, meta = read_file(folder)
@@ -305,8 +305,8 @@ def fake_ct_dicom(tmp_path, monkeypatch):
 
 
 def liver_hu_per_slice(root):
-    from unetpp.data.check import read_case
-    from unetpp.data.layouts import scan
+    from unetpp.data.cases.check import read_case
+    from unetpp.data.cases.layouts import scan
 
     image, label, meta = read_case(scan(root).cases[0], {0: "background", 1: "liver"})
     return [float(image[0, k][label[k] == 1].mean()) for k in range(image.shape[1]) if (label[k] == 1).any()], meta
@@ -325,8 +325,8 @@ def test_fetch_ct_dicom_lines_up_in_world_space(tmp_path, monkeypatch):
 
 def test_real_ct_dicom_liver_is_89_hu_on_every_slice(tmp_path, monkeypatch):
     """Runs when ``unetpp data fetch ct-dicom`` has put the real files in the cache."""
-    from unetpp.data.home import data_home
-    from unetpp.data.pypi_files import _cached
+    from unetpp.data.samples.home import data_home
+    from unetpp.data.samples.pypi import _cached
 
     cache = data_home() / "_files"
     if _cached(S.SAMPLES["ct-dicom"].files, cache) is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from unetpp.data.synthetic import write_synthetic_dataset
+from unetpp.data.samples.synthetic import write_synthetic_dataset
 from unetpp.errors import UnetppError
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -13,7 +13,7 @@ import unetpp
 from unetpp import create_model
 from unetpp.cli import main
 from unetpp.data import open_dataset
-from unetpp.data.synthetic import write_synthetic_dataset
+from unetpp.data.samples.synthetic import write_synthetic_dataset
 from unetpp.errors import UnetppError
 from unetpp.inference.export import ModeNetwork, export, onnx_metadata, onnx_session
 from unetpp.run import make_run_config, save_weights, write_run_config

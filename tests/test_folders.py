@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from unetpp.data.formats import write_file
+from unetpp.data.files.formats import write_file
 from unetpp.errors import DataError
 from unetpp.inference.folders import score_folders
 from helpers import cli

@@ -12,7 +12,7 @@ import torch
 import unetpp
 from unetpp import create_model
 from unetpp.data import open_dataset
-from unetpp.data.synthetic import write_synthetic_dataset
+from unetpp.data.samples.synthetic import write_synthetic_dataset
 from unetpp.errors import RunError, UnetppError
 from unetpp.inference.evaluate import select_cases
 from unetpp.inference.predict import predict_inputs

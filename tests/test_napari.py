@@ -25,7 +25,7 @@ from napari.components import ViewerModel  # noqa: E402
 
 import unetpp  # noqa: E402
 from unetpp.cli import main  # noqa: E402
-from unetpp.data.formats import write_file  # noqa: E402
+from unetpp.data.files.formats import write_file  # noqa: E402
 from unetpp.napari._reader import get_reader  # noqa: E402
 from unetpp.napari._widget import SegmentWidget, level_choices  # noqa: E402
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from unetpp.data.io import read_input, to_input_grid, write_mask
-from unetpp.data.formats import read_file, write_file
+from unetpp.data.files.formats import read_file, write_file
 from unetpp.inference.engine import probabilities_to_labels
 from unetpp.metrics import dice_iou
 

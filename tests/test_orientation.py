@@ -11,7 +11,7 @@ import torch
 
 import unetpp
 from unetpp.data import open_dataset
-from unetpp.data.orientation import from_canonical, reorientation, to_canonical
+from unetpp.data.cases.orientation import from_canonical, reorientation, to_canonical
 from unetpp.errors import DataError
 from unetpp.inference.predict import predict_inputs
 from unetpp.run import make_run_config, save_weights, write_run_config

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from unetpp.data.synthetic import write_synthetic_dataset
+from unetpp.data.samples.synthetic import write_synthetic_dataset
 from unetpp.run import load_model
 from unetpp.training import train
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from unetpp.data import open_dataset
-from unetpp.data import prepare as P
-from unetpp.data.pipeline import make_train_loader
-from unetpp.data.prepared import PreparedDataset
-from unetpp.data.synthetic import write_synthetic_dataset
+from unetpp.data.planning import prepare as P
+from unetpp.data.loading.pipeline import make_train_loader
+from unetpp.data.planning.prepared import PreparedDataset
+from unetpp.data.samples.synthetic import write_synthetic_dataset
 from unetpp.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def test_float16_cache_is_within_its_rounding(vol):
 
 def test_opening_a_prepared_dataset_decodes_nothing(vol, monkeypatch):
     open_dataset(vol)
-    import unetpp.data.check as check
+    import unetpp.data.cases.check as check
 
     def refuse(*a, **k):
         raise AssertionError("decoded an image")

@@ -11,7 +11,7 @@ import unetpp
 from unetpp import create_model
 from unetpp.cli import main
 from unetpp.data import open_dataset
-from unetpp.data.synthetic import write_synthetic_dataset
+from unetpp.data.samples.synthetic import write_synthetic_dataset
 from unetpp.inference.prune import choose
 from unetpp.run import make_run_config, save_weights, write_run_config
 

@@ -11,7 +11,7 @@ import torch
 
 import unetpp
 from unetpp.data import open_dataset
-from unetpp.data.synthetic import write_synthetic_dataset
+from unetpp.data.samples.synthetic import write_synthetic_dataset
 from unetpp.errors import UnetppError
 from unetpp.inference.deployed import export_run
 from unetpp.inference.export import onnx_metadata, onnx_session

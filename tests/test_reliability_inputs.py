@@ -26,9 +26,9 @@ from PIL import Image
 
 from unetpp.cli.app import main
 from unetpp.data import DataError, check_dataset, open_dataset
-from unetpp.data.formats import read_file, write_file
+from unetpp.data.files.formats import read_file, write_file
 from unetpp.data.io import read_input
-from unetpp.data.synthetic import write_synthetic_dataset
+from unetpp.data.samples.synthetic import write_synthetic_dataset
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from unetpp.data.synthetic import write_synthetic_dataset
+from unetpp.data.samples.synthetic import write_synthetic_dataset
 from unetpp.io import load_tensors
 from unetpp.run import load_model, read_run_config
 from unetpp.training.checkpoint import CHECKPOINT, load_checkpoint

@@ -155,7 +155,7 @@ def test_cli_predict_with_a_tampered_run_says_so_in_one_line(run, tmp_path, caps
 
     _tamper(run, lambda c: c["model"].update(base_filters=10**6))
     img = tmp_path / "x.png"
-    from unetpp.data.formats import write_file
+    from unetpp.data.files.formats import write_file
 
     write_file(img, np.zeros((16, 16), np.uint8), {})
     with pytest.raises(SystemExit) as e:

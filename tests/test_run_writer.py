@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from unetpp.data.synthetic import write_synthetic_dataset
+from unetpp.data.samples.synthetic import write_synthetic_dataset
 from unetpp.io import load_tensors
 from unetpp.training import checkpoint as checkpoint_module
 from unetpp.training.checkpoint import CHECKPOINT, Snapshot

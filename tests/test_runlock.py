@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from unetpp.data.synthetic import write_synthetic_dataset
+from unetpp.data.samples.synthetic import write_synthetic_dataset
 from unetpp.errors import UnetppError
 from unetpp.training import train
 from unetpp.training.runlock import hold_run

@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from unetpp.data.synthetic import write_synthetic_dataset
+from unetpp.data.samples.synthetic import write_synthetic_dataset
 from unetpp.errors import UnetppError
 from unetpp.training import TrainConfig, train
 from unetpp.training.config import merge_for_resume

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from unetpp.data.synthetic import write_synthetic_dataset
+from unetpp.data.samples.synthetic import write_synthetic_dataset
 from unetpp.errors import UnetppError
 from unetpp.training import TrainConfig, TrainingError, TrainingInterrupted, resolve_config, train
 from unetpp.training import loop as loop_module

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from unetpp.data.synthetic import write_synthetic_dataset
+from unetpp.data.samples.synthetic import write_synthetic_dataset
 
 TINY = ["--base-filters", "4", "--depth", "2", "--patch-size", "32", "--batch-size", "2", "--device", "cpu",
         "--no-augment"]

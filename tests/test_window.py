@@ -15,7 +15,7 @@ from monai.data.utils import dense_patch_slices
 import unetpp
 from unetpp import create_model
 from unetpp.data import open_dataset
-from unetpp.data.synthetic import write_synthetic_dataset
+from unetpp.data.samples.synthetic import write_synthetic_dataset
 from unetpp.errors import RunError, UnetppError
 from unetpp.inference.engine import predict_with
 from unetpp.inference.predictor import Predictor

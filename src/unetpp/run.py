@@ -99,7 +99,7 @@ def read_run_config(run: str | os.PathLike) -> dict[str, Any]:
 
 def _section_problems(cfg: dict[str, Any], model_config: ModelConfig) -> list[str]:
     """What inference trusts in the "data", "train" and "split" sections."""
-    from .data.dataset import check_data_config
+    from .data.cases.dataset import check_data_config
 
     problems = check_data_config(cfg.get("data"), channels=model_config.in_channels,
                                  classes=model_config.classes, dims=model_config.dims)

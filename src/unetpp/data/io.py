@@ -27,11 +27,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import DataError
-from .check import _same_geometry
-from .dataset import prepare
-from .formats import format_of, read_file, strip_suffix, suffix_of, write_file
-from .orientation import from_canonical
-from .resample import resize
+from .cases.check import _same_geometry
+from .cases.dataset import prepare
+from .files.formats import format_of, read_file, strip_suffix, suffix_of, write_file
+from .cases.orientation import from_canonical
+from .cases.resample import resize
 
 
 def _channel_files(path: Path, channels: int) -> list[Path]:

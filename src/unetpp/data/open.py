@@ -1,5 +1,5 @@
 """Opening a dataset: a folder in any layout, or a fetched sample's name, read from its
-prepared copy (:mod:`unetpp.data.prepare`) or decoded file by file (``prepared=False``).
+prepared copy (:mod:`unetpp.data.planning.prepare`) or decoded file by file (``prepared=False``).
 
     >>> ds = open_dataset("nuclei-2d")      # a fetched sample    # doctest: +SKIP
     >>> ds = open_dataset("Task03_Liver")   # any layout         # doctest: +SKIP
@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import DataError
-from .check import inspect
-from .dataset import SegDataset
-from .samples import resolve
+from .cases.check import inspect
+from .cases.dataset import SegDataset
+from .samples.catalog import resolve
 
 
 def open_dataset(path_or_name: str | os.PathLike, modality: str | None = None,
@@ -23,10 +23,10 @@ def open_dataset(path_or_name: str | os.PathLike, modality: str | None = None,
                  prepared: bool | None = None, workers: int | None = None) -> Any:
     """Open and check a dataset folder (any supported layout) or a fetched sample's name.
 
-    By default the dataset is read from its prepared copy (:mod:`unetpp.data.prepare`):
+    By default the dataset is read from its prepared copy (:mod:`unetpp.data.planning.prepare`):
     opening a prepared dataset reads ``plan.json`` and stats the source files, no image is
     decoded; an unprepared (or changed) one is prepared first, saying so. The result
-    (:class:`~unetpp.data.prepared.PreparedDataset`) has :class:`SegDataset`'s interface.
+    (:class:`~unetpp.data.planning.prepared.PreparedDataset`) has :class:`SegDataset`'s interface.
 
     Args:
         path_or_name: a folder, or a sample name such as ``"nuclei-2d"``.
@@ -40,7 +40,7 @@ def open_dataset(path_or_name: str | os.PathLike, modality: str | None = None,
         workers: processes for preparing (default: the cores, or 1 for a few cases).
 
     Raises:
-        DataError: one line per problem found in the dataset (see :mod:`unetpp.data.check`).
+        DataError: one line per problem found in the dataset (see :mod:`unetpp.data.cases.check`).
     """
     root = resolve(path_or_name)
     if prepared is None:
@@ -59,9 +59,9 @@ def open_prepared(root: Path, modality: str | None = None, ct_window: Sequence[f
                   workers: int | None = None) -> Any:
     """The prepared copy of ``root``, preparing it first when missing or out of date."""
     from ..console import Progress, log
-    from .layouts import scan
-    from .prepare import auto_workers, is_prepared, plan_dir, prepare_dataset
-    from .prepared import PreparedDataset
+    from .cases.layouts import scan
+    from .planning.prepare import auto_workers, is_prepared, plan_dir, prepare_dataset
+    from .planning.prepared import PreparedDataset
 
     sc = scan(root)
     folder = plan_dir(root, modality, ct_window)

@@ -51,7 +51,7 @@ def cross_validate(cfg: Any, jobs: int = 1, log: Callable[[str], None] = console
     """Train every fold of ``cfg`` (a :class:`~unetpp.training.TrainConfig` with ``folds``),
     score the out-of-fold predictions and choose the post-processing; return ``RUNS``."""
     from ..data import open_dataset
-    from ..data.pipeline import cross_validation_splits
+    from ..data.loading.pipeline import cross_validation_splits
     from ..training import train
 
     if not cfg.out or not cfg.data:

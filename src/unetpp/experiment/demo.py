@@ -119,7 +119,7 @@ def run_demo(cfg: DemoConfig | None = None, fresh: bool = False, log: Callable[[
              fetch: Callable[..., Path] | None = None) -> Path:
     """Run (or continue) the demo; return the path of ``report.md``.
 
-    ``fetch(name, log=...)`` gets the sample (default :func:`unetpp.data.samples.fetch`;
+    ``fetch(name, log=...)`` gets the sample (default :func:`unetpp.data.samples.catalog.fetch`;
     tests pass a local dataset through ``cfg.data`` instead).
     """
     from ..data import open_dataset
@@ -150,7 +150,7 @@ def run_demo(cfg: DemoConfig | None = None, fresh: bool = False, log: Callable[[
     t0 = time.perf_counter()
     if cfg.data is None:
         if fetch is None:
-            from ..data.samples import fetch as fetch_sample
+            from ..data.samples.catalog import fetch as fetch_sample
 
             fetch = fetch_sample
         data = str(fetch(SAMPLE, log=log))

@@ -194,7 +194,7 @@ class DeployedPredictor(Predictor):
             raise RunError(f"{path}: invalid unetpp dims/in_channels/classes metadata") from None
         data = _json(meta, "data", path)
         patch = _json(meta, "patch_size", path)
-        from ..data.dataset import check_data_config
+        from ..data.cases.dataset import check_data_config
         from ..run import MAX_PATCH
 
         problems = check_data_config(data, channels=in_channels, classes=classes, dims=dims)

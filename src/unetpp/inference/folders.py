@@ -2,7 +2,7 @@
 
 ``unetpp evaluate --pred DIR --ref DIR`` calls :func:`score_folders`. Each prediction is
 matched to the reference of the same case name, the file name without its format suffix
-(any format :func:`unetpp.data.formats.read_file` reads; the two may differ). A prediction
+(any format :func:`unetpp.data.files.formats.read_file` reads; the two may differ). A prediction
 named like nnU-Net's input, ``case_0000.nii.gz``, matches ``case.nii.gz`` when no reference
 has its exact name. Files that ``unetpp predict`` writes beside a mask (``<name>_overlay``,
 ``<name>_probs``) are skipped, and so is anything that is not an image or volume.
@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from ..data.check import _mask_to_labels
-from ..data.formats import SUFFIXES, read_file, strip_suffix, suffix_of
+from ..data.cases.check import _mask_to_labels
+from ..data.files.formats import SUFFIXES, read_file, strip_suffix, suffix_of
 from ..errors import DataError, UnetppError
 from ..metrics import EMPTY_MODES, case_scores, mean_scores
 from .evaluate import Progress, write_evaluation

@@ -129,7 +129,7 @@ def _test_case(predictor: Any, data: str | None, folder: Path) -> dict[str, Any]
     ``folder``; None when the data set is not at hand or the case is not one file."""
     from ..data import open_dataset
     from ..data.io import write_mask
-    from ..data.layouts import scan
+    from ..data.cases.layouts import scan
     from .predict import output_name
 
     config = predictor.config
@@ -274,7 +274,7 @@ def build_package(run: str | os.PathLike, out: str | os.PathLike, data: str | No
 def check_model(package: str | os.PathLike, device: str = "cpu") -> dict[str, Any]:
     """Extract ``package`` afresh, predict its test case and compare with the packaged mask:
     ``{"case", "dice": {label: d}, "agreement", "passed", "seconds"}``."""
-    from ..data.formats import read_file
+    from ..data.files.formats import read_file
     from .ensemble import load
     from .unpack import read_manifest
 

@@ -24,7 +24,7 @@ probabilities *resampled to the input's grid* (:func:`unetpp.data.io.to_input_gr
 
 Inputs: a file, a folder (its image files, not recursive; for a multi-channel run only the
 ``_0000`` files) or a glob pattern (``"scans/*.nii.gz"``). A folder of DICOM files is one
-series (:mod:`unetpp.data.dicom`), and a folder whose subfolders are DICOM series (an
+series (:mod:`unetpp.data.files.dicom`), and a folder whose subfolders are DICOM series (an
 ``imagesTs/`` of ``<case>_0000/`` folders) gives each of them; reading DICOM needs
 ``pydicom`` (``pip install 'unetpp[dicom]'``), and without it that input fails with a
 one-line error. A failure on one input (unreadable file, wrong channel count or
@@ -33,10 +33,10 @@ complete.
 
 Mask format (``mask_format``, the CLI's ``--format``): by default the input's own (above);
 a DICOM series gets a NIfTI mask ``OUT/<name>.nii.gz`` in the series' world geometry (the
-affine :func:`unetpp.data.dicom.read_series` gives: the mask lies on the series in any
+affine :func:`unetpp.data.files.dicom.read_series` gives: the mask lies on the series in any
 viewer). ``"nifti"`` asks for NIfTI for any volume; ``"dicom-seg"`` writes
 ``OUT/<name>.dcm``, a DICOM-SEG that references the source series, one segment per label
-named from the run's ``data.labels`` (:mod:`unetpp.data.dicom_seg`, highdicom), and is an
+named from the run's ``data.labels`` (:mod:`unetpp.data.files.dicom_seg`, highdicom), and is an
 error for inputs that are not DICOM series. Probability maps of a DICOM input are NIfTI.
 """
 
@@ -78,8 +78,8 @@ class Outcome:
 
 def expand_inputs(inputs: Sequence[str], channels: int = 1) -> tuple[list[Path], list[str]]:
     """``(files and DICOM folders, problems)`` for the command line's INPUT arguments."""
-    from ..data.dicom import is_series_folder
-    from ..data.formats import SUFFIXES, suffix_of, strip_suffix
+    from ..data.files.dicom import is_series_folder
+    from ..data.files.formats import SUFFIXES, suffix_of, strip_suffix
 
     found: list[Path] = []
     problems: list[str] = []
@@ -126,7 +126,7 @@ def expand_inputs(inputs: Sequence[str], channels: int = 1) -> tuple[list[Path],
 
 def output_name(path: Path, channels: int, mask_format: str | None = None) -> tuple[str, str]:
     """``(name, ext)`` of an input's mask (see the module docstring)."""
-    from ..data.formats import strip_suffix, suffix_of
+    from ..data.files.formats import strip_suffix, suffix_of
 
     if path.is_dir():  # a DICOM series folder
         name, ext = path.name, ".nii.gz"
@@ -164,7 +164,7 @@ def label_names(predictor: Any) -> dict[int, str]:
 def write_probabilities(path: Path, probs: np.ndarray, meta: dict[str, Any]) -> Path:
     """float32 ``(K', *S)`` on the input's own grid (:func:`unetpp.data.io.to_input_grid`),
     written as the input's format (volumes) or as a float32 TIF (2D)."""
-    from ..data.formats import write_file
+    from ..data.files.formats import write_file
 
     return write_file(path, np.ascontiguousarray(probs, dtype=np.float32), meta)
 
@@ -223,7 +223,7 @@ def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike
     for done, path in enumerate(files, 1):
         outcome = Outcome(str(path))
         try:
-            image, meta = predictor.read(path)  # a DICOM series folder too (unetpp.data.dicom)
+            image, meta = predictor.read(path)  # a DICOM series folder too (unetpp.data.files.dicom)
             _check_format(path, meta, mask_format)
             if network is not None:
                 probs = predictor.level_probabilities(image, levels, tta=tta, network=network)[levels[0]]
@@ -239,7 +239,7 @@ def predict_inputs(predictor: Any, inputs: Sequence[str], out: str | os.PathLike
             used.add(name)
             if mask_format == "dicom-seg":
                 from .. import __version__
-                from ..data.dicom_seg import write_dicom_seg
+                from ..data.files.dicom_seg import write_dicom_seg
 
                 written = write_dicom_seg(out / f"{name}{ext}", labels, meta, label_names(predictor), __version__)
             else:
@@ -332,7 +332,7 @@ _PALETTE = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255),
 
 def _on_grid(labels: np.ndarray, image: Any) -> np.ndarray:
     """The mask on the network's grid (the overlay is drawn on the prepared image)."""
-    from ..data.resample import resize
+    from ..data.cases.resample import resize
 
     grid = tuple(image.shape[1:])
     return labels if labels.shape == grid else resize(labels, grid, order=0)

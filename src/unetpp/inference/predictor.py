@@ -103,7 +103,7 @@ def check_window(window: str | None) -> str | None:
 
 def _normalise(array: np.ndarray, data_config: dict[str, Any]) -> np.ndarray:
     """The data module's normalisation of a raw ``(C, *S)`` array, with the run's statistics."""
-    from ..data.normalize import apply_normalization
+    from ..data.cases.normalize import apply_normalization
 
     specs = data_config.get("normalization")
     if not isinstance(specs, list):

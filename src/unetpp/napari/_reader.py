@@ -1,5 +1,5 @@
 """napari reader: NIfTI, NRRD, MHA/MHD volumes and DICOM series folders, read as ``unetpp``
-reads them (:func:`unetpp.data.formats.read_file`): one image layer per file, scaled by its
+reads them (:func:`unetpp.data.files.formats.read_file`): one image layer per file, scaled by its
 spacing (mm), in the file's own axis order (the order ``predict`` writes masks back in)."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
 def read_layers(path: str | list[str]) -> list[tuple]:
     """``[(array, {"name", "scale", "metadata"}, "image")]`` per path; a multi-channel file
     keeps its channels on the first axis (``channel_axis`` 0)."""
-    from ..data.formats import read_file
+    from ..data.files.formats import read_file
 
     layers = []
     for p in [path] if isinstance(path, (str, Path)) else path:

@@ -7,8 +7,8 @@ from __future__ import annotations
 def nuclei_2d() -> list[tuple]:
     import numpy as np
 
-    from ..data.formats import read_file
-    from ..data.samples import fetch, fetched_location
+    from ..data.files.formats import read_file
+    from ..data.samples.catalog import fetch, fetched_location
 
     root = fetched_location("nuclei-2d") or fetch("nuclei-2d")
     full = root / "full"

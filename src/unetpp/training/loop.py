@@ -115,7 +115,7 @@ class _Parts:
 
 def _build(cfg: TrainConfig, ds: Any, saved: dict[str, Any] | None, device: torch.device,
            info: distributed.DistInfo, progress: Progress) -> _Parts:
-    from ..data.pipeline import make_split, make_train_loader
+    from ..data.loading.pipeline import make_split, make_train_loader
 
     runtime.set_determinism(cfg.deterministic, device)
     runtime.seed_everything(cfg.seed)  # everything below follows from the seed

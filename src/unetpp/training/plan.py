@@ -150,7 +150,7 @@ def _default_patch(ds: Any, cases: Sequence[str], dims: int, depth: int) -> list
 
 def _cpu_steps(ds: Any, cases: Sequence[str], patch: Sequence[int], batch: int) -> int:
     """The loader's own default (about every training voxel once an epoch), as steps."""
-    from ..data.pipeline import default_samples_per_epoch
+    from ..data.loading.pipeline import default_samples_per_epoch
 
     samples = default_samples_per_epoch(ds, cases, patch)
     return max(1, math.ceil(samples / batch))
@@ -288,7 +288,7 @@ def plan_run(cfg: TrainConfig, gpu_memory_gib: float | None = None) -> tuple[Tra
         >>> planned.patch_size, planned.batch_size, facts["memory_gib"]                           # doctest: +SKIP
     """
     from ..data import open_dataset
-    from ..data.pipeline import make_split
+    from ..data.loading.pipeline import make_split
     from ..runtime import device_target
 
     if gpu_memory_gib is not None and not (isinstance(gpu_memory_gib, (int, float)) and 0 < gpu_memory_gib < 10_000):

@@ -202,7 +202,7 @@ class PatchScore:
 def _crop(case: Any, patch: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """The patch of ``case`` centred on its foreground's centre (zero-padded where it is
     larger than the case); a 2D patch of a volume is cut from its most-foreground slice."""
-    from ..data.pipeline import crop  # the loader's own crop (imported when needed, as the loop does)
+    from ..data.loading.pipeline import crop  # the loader's own crop (imported when needed, as the loop does)
 
     image, label = np.asarray(case.image, dtype=np.float32), np.asarray(case.label)
     if label.ndim > len(patch):  # a 2D network on volumes: the slice with the most foreground

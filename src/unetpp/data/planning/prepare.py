@@ -3,7 +3,7 @@ training reads it at the speed of the disk, whatever the dataset's size.
 
 One pass over the data (in parallel processes) fingerprints every case (shape, spacing,
 intensities under the foreground, label values), checks it as ``unetpp data check`` does,
-plans the normalisation and target spacing (:class:`~unetpp.data.dataset.SegDataset`'s
+plans the normalisation and target spacing (:class:`~unetpp.data.cases.dataset.SegDataset`'s
 rules), then writes every case resampled and normalised to a cache:
 
     <cache>/plan-<options>/
@@ -50,10 +50,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
-from ..io import atomic_write_bytes, atomic_write_json, read_json
-from .check import Inspection, _check_consistency, _check_declared_channels, declared_labels, fingerprint, read_case
-from .layouts import CaseFiles, Scan, scan
+from ...errors import DataError
+from ...io import atomic_write_bytes, atomic_write_json, read_json
+from ..cases.check import Inspection, _check_consistency, _check_declared_channels, declared_labels, fingerprint, read_case
+from ..cases.layouts import CaseFiles, Scan, scan
 from .sources import sources_unchanged, stat_sources, with_hashes
 
 CACHE_FORMAT = 2  # 2: volumes reoriented to (S, A, R) before resampling
@@ -174,7 +174,7 @@ def preprocess_case(case: CaseFiles, labels: dict[int, str], data_config: dict[s
                     digest: str, folder: str, sources: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Read, resample, normalise and store one case; ``{"name", "problems"}``. ``sources``:
     the case's files as its fingerprint recorded them (hashed), so they are not read again."""
-    from .dataset import prepare
+    from ..cases.dataset import prepare
 
     try:
         now = stat_sources(case)
@@ -262,7 +262,7 @@ def prepare_dataset(path: str | os.PathLike, workers: int = 1, modality: str | N
         DataError: every problem of every case (one line each); no plan is written then, so
             nothing trains on a half-prepared dataset.
     """
-    from .samples import resolve
+    from ..samples.catalog import resolve
 
     if image_dtype is not None and image_dtype not in IMAGE_DTYPES:
         raise DataError(f"--dtype must be one of {', '.join(IMAGE_DTYPES)}, got {image_dtype!r}")
@@ -287,7 +287,7 @@ def _in_case_order(results: list[dict[str, Any]], sc: Scan) -> list[str]:
 def _prepare_locked(sc: Scan, labels: dict[int, str], problems: list[str], folder: Path, workers: int,
                     modality: str | None, ct_window: Sequence[float] | None, image_dtype: str, replan: bool,
                     progress: Callable[[int, int, str], None] | None, log: Callable[[str], None]) -> Path:
-    from .dataset import SegDataset
+    from ..cases.dataset import SegDataset
 
     previous = _read_marker(folder / PLAN)
     image_dtype = image_dtype or (previous or {}).get("image_dtype") or DEFAULT_IMAGE_DTYPE

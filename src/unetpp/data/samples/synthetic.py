@@ -24,8 +24,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from ..io import atomic_write_json
-from .formats import write_file
+from ...io import atomic_write_json
+from ..files.formats import write_file
 
 LAYOUTS = ("image-folders", "nnunet", "dsb2018")
 

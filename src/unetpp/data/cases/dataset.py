@@ -8,7 +8,7 @@
     >>> case.image.shape, case.image.dtype, case.label.shape              # doctest: +SKIP
     ((1, 75, 512, 512), dtype('float32'), (75, 512, 512))
 
-Opening reads every case once (:func:`unetpp.data.check.inspect`) and raises
+Opening reads every case once (:func:`unetpp.data.cases.check.inspect`) and raises
 :class:`~unetpp.errors.DataError` listing every problem; then the normalisation statistics
 and the target spacing are planned from that pass. ``data_config()`` is the JSON that a
 run stores, so ``read_input`` prepares new images exactly as training saw them.
@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import DataError
+from ...errors import DataError
 from .check import Inspection, ignore_label, read_case, trained_labels
 from .layouts import CaseFiles
 from .orientation import canonical_spacing, reorientation, to_canonical
@@ -249,7 +249,7 @@ def prepare(image: np.ndarray, label: np.ndarray | None, meta: dict[str, Any],
 def _check_grid(meta: dict[str, Any], shape: Sequence[int], channels: int, target: Sequence[float]) -> None:
     """Refuse a resampled grid larger than the readers' limit (a tiny target spacing, or a
     file whose spacing is far from the training data's, would otherwise exhaust memory)."""
-    from .formats import max_voxels
+    from ..files.formats import max_voxels
 
     count = int(np.prod([int(n) for n in shape], dtype=np.float64)) * int(channels)
     if count > max_voxels():

@@ -10,10 +10,10 @@ Three layouts are recognised (see ``../shared/DATA.md``)::
                     files (``liver_0.nii.gz``, channels inside) are accepted too
 
 Any of them may carry ``ROOT/splits.json`` ``{"train": [...], "val": [...], "test": [...]}``,
-the dataset's own split (used by :func:`unetpp.data.pipeline.make_split`).
+the dataset's own split (used by :func:`unetpp.data.loading.pipeline.make_split`).
 
 **DICOM series as images**: where an image file is expected, a folder holding one DICOM
-series (the slice files, any names; see :mod:`unetpp.data.dicom`) may stand instead, named
+series (the slice files, any names; see :mod:`unetpp.data.files.dicom`) may stand instead, named
 as the file would be without its suffix, and its mask is a volume file (NIfTI, NRRD, MHA) on
 the series' grid::
 
@@ -23,11 +23,11 @@ the series' grid::
 
 A folder counts as a series when one of its first files is DICOM (a ``.dcm`` name or the
 ``DICM`` marker); any other folder where files are expected is reported. Reading (series
-split, slice order, geometry) happens in :func:`unetpp.data.formats.read_file`, so
+split, slice order, geometry) happens in :func:`unetpp.data.files.formats.read_file`, so
 ``read_case``, ``unetpp data check`` and training need nothing else.
 
 This module looks at names only (and at the first bytes of a folder's files, to tell a DICOM
-series folder); :mod:`unetpp.data.check` opens the files. Every problem
+series folder); :mod:`unetpp.data.cases.check` opens the files. Every problem
 found is collected as one line naming the file: nothing is skipped silently. Hidden files
 (``.DS_Store``, macOS ``._*`` twins that MSD archives contain) are the only files ignored.
 """
@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .dicom import is_series_folder
-from .formats import IMAGE_2D_SUFFIXES, SUFFIXES, strip_suffix, suffix_of
+from ..files.dicom import is_series_folder
+from ..files.formats import IMAGE_2D_SUFFIXES, SUFFIXES, strip_suffix, suffix_of
 
 LAYOUT_NAMES = ("image-folders", "dsb2018", "nnunet")
 #: Files at a dataset's top level that describe it rather than hold images.

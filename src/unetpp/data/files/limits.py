@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
+from ...errors import DataError
 
 #: Largest image a reader decodes, in elements (voxels x channels): 2**30 (a 1024^3 volume,
 #: 4 GiB as float32) unless ``UNETPP_MAX_VOXELS`` says otherwise. Checked against what the

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import DataError
+from ...errors import DataError
 
 #: the smallest direction cosine of an axis to its world axis (about 37 degrees off)
 MIN_COSINE = 0.8

@@ -1,6 +1,6 @@
-"""A prepared dataset (:mod:`unetpp.data.prepare`), read by memory map.
+"""A prepared dataset (:mod:`unetpp.data.planning.prepare`), read by memory map.
 
-:class:`PreparedDataset` has :class:`~unetpp.data.dataset.SegDataset`'s interface, so the
+:class:`PreparedDataset` has :class:`~unetpp.data.cases.dataset.SegDataset`'s interface, so the
 loader, validation, evaluate and prune use either without knowing which. Opening it reads
 ``plan.json`` and lists the folder (no image is decoded); ``load_case`` returns memory maps,
 so the loader reads only the patch it crops, and every process shares the operating system's
@@ -22,11 +22,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import DataError
-from ..io import read_json
-from .check import ignore_label, trained_labels
-from .dataset import Case
-from .layouts import Scan
+from ...errors import DataError
+from ...io import read_json
+from ..cases.check import ignore_label, trained_labels
+from ..cases.dataset import Case
+from ..cases.layouts import Scan
 from .prepare import PLAN, crc32_of, locked, preprocess_case
 
 
@@ -117,7 +117,7 @@ class PreparedDataset:
         except (OSError, ValueError) as e:
             marker, problems = {}, [f"{self._path(name, 'json')}: unreadable ({type(e).__name__})"]
         if problems:
-            from ..console import log
+            from ...console import log
 
             for p in problems:
                 log(f"{p}; preparing {name} again")
@@ -159,7 +159,7 @@ class PreparedDataset:
 
     def native_label(self, name: str) -> np.ndarray:
         """The case's label map on its file's own grid (read from the source), int64."""
-        from .check import read_case
+        from ..cases.check import read_case
 
         return read_case(self._files[name], self.declared_labels)[1]
 

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .layouts import CaseFiles
+from ..cases.layouts import CaseFiles
 
 
 def source_files(case: CaseFiles) -> list[Path]:

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
-from .formats import read_file
+from ...errors import DataError
+from ..files.formats import read_file
 from .layouts import CaseFiles, Scan, scan
 from .orientation import canonical_shape, canonical_spacing, reorientation
 

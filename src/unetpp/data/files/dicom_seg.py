@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
-from ..io import atomic_write_bytes
+from ...errors import DataError
+from ...io import atomic_write_bytes
 from .dicom import INSTALL, need_pydicom
 
 
@@ -75,7 +75,7 @@ def write_dicom_seg(path: str | Path, labels: np.ndarray, meta: dict[str, Any], 
     Args:
         path: the file to write (``.dcm``).
         labels: int label map on the series' own grid (``meta["shape"]``).
-        meta: from :func:`unetpp.data.dicom.read_series` (via ``read_input``).
+        meta: from :func:`unetpp.data.files.dicom.read_series` (via ``read_input``).
         names: ``{value: name}`` of the run's labels; 0 (background) is not a segment.
         version: the software version recorded in the file.
     """

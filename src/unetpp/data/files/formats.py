@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
-from ..io import atomic_write_bytes
+from ...errors import DataError
+from ...io import atomic_write_bytes
 from .limits import (DEFAULT_MAX_VOXELS, STREAM_CHECK_BYTES, _check_declared, _check_geometry,  # noqa: F401
                      _check_real, _gzip_holds, _missing_path_error, max_voxels)
 from .metaimage import encode_metaimage, read_metaimage

@@ -38,12 +38,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import DataError
-from ..io import atomic_write_json, read_json
+from ...errors import DataError
+from ...io import atomic_write_json, read_json
 from .home import data_home
-from .pypi_files import _cached, download, extract  # noqa: F401 - download/extract: public here too
-from .formats import write_file
-from .samples_ct import CT_DICOM_FILES, LIVER, _total_class_map, write_ct_abdomen, write_ct_dicom  # noqa: F401
+from .pypi import _cached, download, extract  # noqa: F401 - download/extract: public here too
+from ..files.formats import write_file
+from .ct import CT_DICOM_FILES, LIVER, _total_class_map, write_ct_abdomen, write_ct_dicom  # noqa: F401
 
 SAMPLE_FORMAT_VERSION = 1
 #: Present in a destination while a fetch writes it (a rerun may then overwrite it).

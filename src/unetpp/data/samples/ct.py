@@ -1,5 +1,5 @@
 """The TotalSegmentator 2.18.0 samples (``unetpp data fetch ct-abdomen | ct-dicom``): their
-writers, called by :func:`unetpp.data.samples.fetch` with the SHA-256-checked files.
+writers, called by :func:`unetpp.data.samples.catalog.fetch` with the SHA-256-checked files.
 
 - ``ct-abdomen``: NIfTI CT at 3 mm, cut into two slabs (train/val) + the whole scan in imagesTs.
 - ``ct-dicom``: the 20 Siemens CT slices of ``tests/reference_files/example_ct_dicom/`` copied
@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
-from ..io import atomic_write_bytes, atomic_write_json
+from ...errors import DataError
+from ...io import atomic_write_bytes, atomic_write_json
 
 LIVER = 5  # TotalSegmentator "total" task: 5 = liver (totalsegmentator/map_to_binary.py)
 REF = "tests/reference_files/"
@@ -157,7 +157,7 @@ def write_ct_dicom(sample: Any, files: dict[str, Path], dest: Path, options: dic
     ``labelsTr/ctdicom.nii.gz`` on the series' grid (module docstring)."""
     import nibabel as nib
 
-    from .dicom import read_headers
+    from ..files.dicom import read_headers
 
     folder = dest / "imagesTr" / "ctdicom_0000"
     for member, path in files.items():

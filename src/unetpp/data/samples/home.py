@@ -1,4 +1,4 @@
-"""Where fetched samples live; imported by both the dataset and the sample modules."""
+"""Where fetched samples live; imported by the public face (``unetpp.data.data_home``), the catalog and the planner."""
 
 from __future__ import annotations
 

@@ -34,8 +34,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .augment import augment as augment_patch
 from .augment import context_size
-from .dataset import SegDataset
-from .prepare import foreground_positions
+from ..cases.dataset import SegDataset
+from ..planning.prepare import foreground_positions
 
 #: Fraction of patches forced to contain foreground (nnU-Net: 0.33).
 FOREGROUND_FRACTION = 1 / 3
@@ -302,7 +302,7 @@ def make_train_loader(ds: SegDataset, cases: Sequence[str], dims: int = 2,
         patch_size: spatial patch size, ``dims`` numbers; smaller images are zero-padded.
         batch_size: patches per batch.
         seed: with the epoch, fixes every random choice.
-        augment: apply :mod:`unetpp.data.augment`.
+        augment: apply :mod:`unetpp.data.loading.augment`.
         num_workers: DataLoader worker processes (0: in this process).
         samples_per_epoch: patches per epoch (rounded up to whole batches); default: enough to
             cover every training voxel about once.

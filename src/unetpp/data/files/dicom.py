@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
+from ...errors import DataError
 from .limits import _check_declared
 
 #: Files in a series folder that are not slices.
