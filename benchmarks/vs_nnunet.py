@@ -266,6 +266,28 @@ def nnunet_cross_check(nnunet_bin: Path, pred: Path, ref: Path, dataset_json: Pa
             for c in summary["metric_per_case"]}
 
 
+def nnunet_epochs_seconds(log_text: str) -> float | None:
+    """Wall seconds of nnU-Net's epochs, from its log: its first "Epoch 0" line to "Training
+    done." (after that, its train command validates the validation cases whole, with TTA)."""
+    import datetime
+
+    def stamp(line: str) -> datetime.datetime:
+        return datetime.datetime.strptime(line[:26], "%Y-%m-%d %H:%M:%S.%f")
+
+    lines = log_text.splitlines()
+    start = next((stamp(ln) for ln in lines if ln[:4].isdigit() and ln.rstrip().endswith(": Epoch 0")), None)
+    done = next((stamp(ln) for ln in lines if ln[:4].isdigit() and ln.rstrip().endswith(": Training done.")), None)
+    return round((done - start).total_seconds(), 1) if start and done else None
+
+
+def unetpp_epochs_seconds(run_dir: Path) -> float:
+    """Wall seconds of unetpp's epochs (steps and validation), from the run's metrics.csv."""
+    import csv
+
+    with (run_dir / "metrics.csv").open() as f:
+        return round(sum(float(row["seconds"]) for row in csv.DictReader(f)), 1)
+
+
 # ------------------------------------------------------------------------------ the two tools
 def nnunet(args: argparse.Namespace, split: dict[str, list[str]], dims: int, work: Path, log: Path) -> dict[str, Any]:
     bin_, env = args.nnunet_bin, {"nnUNet_raw": str(work / "nnUNet_raw"),
@@ -287,6 +309,8 @@ def nnunet(args: argparse.Namespace, split: dict[str, list[str]], dims: int, wor
     pre = next((work / "nnUNet_preprocessed").glob(f"Dataset{DATASET_ID:03d}_*"))
     (pre / "splits_final.json").write_text(json.dumps([{"train": split["train"], "val": split["val"]}], indent=2))
     step("train", [str(bin_ / "nnUNetv2_train"), str(DATASET_ID), config, "0", "-tr", TRAINER, "-device", args.device])
+    train_log = max((work / "nnUNet_results").glob(f"Dataset{DATASET_ID:03d}_*/*/fold_0/training_log_*.txt"))
+    out["epochs_seconds"] = nnunet_epochs_seconds(train_log.read_text())
     pred = work / "pred_nnunet"
     shutil.rmtree(pred, ignore_errors=True)
     raw = next((work / "nnUNet_raw").glob(f"Dataset{DATASET_ID:03d}_*"))
@@ -312,6 +336,7 @@ def unetpp(args: argparse.Namespace, data: str, split: dict[str, list[str]], wor
 
     step("train", [cli, "train", data, "--out", str(runs), "--max-minutes", f"{args.minutes:g}", "--device",
                    args.device, "--epochs", "100000", *args.unetpp_args.split()])
+    out["epochs_seconds"] = unetpp_epochs_seconds(runs)
     step("prune", [cli, "prune", str(runs), data])
     pred = work / "pred_unetpp"
     shutil.rmtree(pred, ignore_errors=True)
@@ -330,13 +355,14 @@ def markdown(result: dict[str, Any]) -> str:
         u, n = d["unetpp"], d["nnunet"]
         lines += [f"## {d['name']} ({d['dims']}D): {len(d['split']['train'])} train, {len(d['split']['val'])} val, "
                   f"{len(d['split']['test'])} test cases", "",
-                  "| | mean test Dice | mean HD95 | train s (wall) | inference s / case (wall, incl. start-up) | "
-                  "peak RSS MB (train) | patch x batch |", "|---|---:|---:|---:|---:|---:|---|"]
+                  "| | mean test Dice | mean HD95 | train s (wall: command / epochs) | inference s / case (wall, "
+                  "incl. start-up) | peak RSS MB (train) | patch x batch |", "|---|---:|---:|---:|---:|---:|---|"]
         for tool, r in (("unetpp", u), ("nnU-Net v2", n)):
             dice = [c["dice"] for c in r["cases"].values()]
             hd = [c["hd95"] for c in r["cases"].values() if c["hd95"] is not None and np.isfinite(c["hd95"])]
             lines.append(f"| {tool} | {np.mean(dice):.4f} | {np.mean(hd) if hd else float('nan'):.2f} | "
-                         f"{r['train_seconds']:.0f} | {r['inference_seconds_per_case']:.2f} | {r['train']['peak_mb']} | "
+                         f"{r['train_seconds']:.0f} / {r.get('epochs_seconds') or float('nan'):.0f} | "
+                         f"{r['inference_seconds_per_case']:.2f} | {r['train']['peak_mb']} | "
                          f"{'x'.join(map(str, r['patch']))} x {r['batch']} |")
         lines += ["", "| case | unetpp Dice | nnU-Net Dice | nnU-Net's own evaluator on nnU-Net's mask |",
                   "|---|---:|---:|---:|"]
@@ -348,6 +374,9 @@ def markdown(result: dict[str, Any]) -> str:
                   + (f"; nnU-Net's side is reused from {d['nnunet_from']}" if d.get("nnunet_from") else "") + ".",
                   "", "Commands:", "", "```"]
         lines += d["prepare_commands"] + u["commands"] + n["commands"] + d["eval_commands"] + ["```", ""]
+    lines += ["The budget covers each tool's epochs (training steps and the validation during training); "
+              "a train command's wall time also holds its start-up and, for nnU-Net, its validation of the "
+              "validation cases whole after the last epoch.", ""]
     lines += [f"Test sets are small ({', '.join(str(len(d['split']['test'])) for d in result['datasets'])} cases): "
               "differences within a few Dice points are not evidence either way.", ""]
     return "\n".join(lines)

@@ -107,6 +107,16 @@ def test_budget_trainer_shortens_epochs_that_would_not_fit_four_times(monkeypatc
     assert any("shortened" in line for line in trainer.log)
 
 
+def test_epochs_wall_time_of_each_tool(tmp_path):
+    log = ("2026-12-04 19:43:54.926319: This split has 10 training and 2 validation cases.\n"
+           "2026-12-04 19:43:55.384488: Epoch 0\n2026-12-04 19:46:23.099099: Epoch 1\n"
+           "2026-12-04 19:54:02.222791: Training done.\n2026-12-04 19:55:00.199939: Mean Validation Dice: 0.9\n")
+    assert vs_nnunet.nnunet_epochs_seconds(log) == 606.8
+    assert vs_nnunet.nnunet_epochs_seconds("no epochs here") is None
+    (tmp_path / "metrics.csv").write_text("epoch,val_dice,seconds\n1,0.5,89.5\n2,0.6,88.1\n")
+    assert vs_nnunet.unetpp_epochs_seconds(tmp_path) == 177.6
+
+
 def test_raw_data_set_holds_the_split_with_test_cases_apart(tmp_path):
     data = write_synthetic_dataset(tmp_path / "blobs", n_cases=6, size=32, seed=0)
     names = sorted(p.stem for p in (data / "images").iterdir())
