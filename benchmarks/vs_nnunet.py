@@ -435,12 +435,13 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or args.out / "work"
     work.mkdir(parents=True, exist_ok=True)
     log = args.out / "log.txt"
+    named = args.data  # as given: a derived data set's name stays in the commands
     if args.data in DERIVED:
         args.data = str(nuclei_3d_blocks())
     ds, split = load_split(args.data)
     dims, _ = write_nnunet_raw(ds, split, work / "nnUNet_raw", work)
     entry: dict[str, Any] = {"name": Path(str(ds.root)).name, "dims": dims, "split": split,
-                             "prepare_commands": [f"python benchmarks/vs_nnunet.py {args.data} --minutes {args.minutes:g} "
+                             "prepare_commands": [f"python benchmarks/vs_nnunet.py {named} --minutes {args.minutes:g} "
                                                   f"--device {args.device} --out {args.out}"
                                                   + (f" --unetpp-args '{args.unetpp_args}'" if args.unetpp_args else "")
                                                   + (f" --nnunet-from {args.nnunet_from}" if args.nnunet_from else "")]}
