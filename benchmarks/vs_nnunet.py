@@ -143,6 +143,11 @@ def run(cmd: list[str], log: Path, env: dict[str, str] | None = None, timeout: f
     return {"seconds": round(time.perf_counter() - t0, 1), "peak_mb": round(info["peak_mb"])}
 
 
+def shown(cmd: list[str]) -> str:
+    """A command as results.md shows it: paths inside the repository relative to its root."""
+    return " ".join(cmd).replace(f"{ROOT}/", "")
+
+
 def load_split(data: str) -> tuple[Any, dict[str, list[str]]]:
     from unetpp.data import open_dataset
 
@@ -164,7 +169,11 @@ def nuclei_3d_blocks() -> Path:
     60x128x128 quarters cut into 16 blocks of 60x64x64 (1 mm voxels as stored). The 256x256
     field's bottom row of blocks (4) is the test set, the left half of the row above it (2)
     validation, the other 10 blocks training; a nucleus cut by a block border can sit on both
-    sides of it, as in nuclei-2d. Written once beside the sample, with its own splits.json."""
+    sides of it, as in nuclei-2d. Written once beside the sample, with its own splits.json.
+
+    The sample's labels look automatic, and they leave out the nuclei cut by the volume's
+    x/y edge (6 bright blobs touching it are unlabelled); the test row is on that edge, so a
+    tool that segments such a nucleus loses Dice for it (docs/results.md, section 5)."""
     from unetpp.data.files.formats import read_file, write_file
     from unetpp.data.samples.catalog import fetch
     from unetpp.io import atomic_write_json
@@ -299,7 +308,7 @@ def nnunet(args: argparse.Namespace, split: dict[str, list[str]], dims: int, wor
     out: dict[str, Any] = {"configuration": config, "trainer": TRAINER, "commands": []}
 
     def step(name: str, cmd: list[str]) -> dict[str, Any]:
-        out["commands"].append(" ".join(cmd))
+        out["commands"].append(shown(cmd))
         r = run(cmd, log, env)
         out[name] = r
         return r
@@ -330,7 +339,7 @@ def unetpp(args: argparse.Namespace, data: str, split: dict[str, list[str]], wor
     out: dict[str, Any] = {"commands": []}
 
     def step(name: str, cmd: list[str]) -> dict[str, Any]:
-        out["commands"].append(" ".join(cmd))
+        out["commands"].append(shown(cmd))
         out[name] = run(cmd, log)
         return out[name]
 
