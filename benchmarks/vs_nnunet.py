@@ -19,7 +19,8 @@ The protocol:
    epoch stay nnU-Net's (250 + 50 validation) whenever 4 such epochs fit the budget (both
    nuclei-2d budgets); where they would not (3D on 2 CPU cores: one epoch of 250 steps is
    longer than the whole budget), the first 10 steps are timed and the epochs shortened so
-   that 4 fit, train:val kept at 5:1. The subclass is written at the top of
+   that 4 fit, train:val kept at 5:1; after the first epoch the other 3 are sized from its
+   wall time to fill the budget. The subclass is written at the top of
    nnU-Net's trainer folder: nnU-Net looks trainers up by importing its modules one by one,
    and a Primus trainer met before it imports timm -> torchvision, which does not load
    beside the CPU torch.
@@ -89,18 +90,27 @@ class nnUNetTrainer_UnetppBudget(nnUNetTrainer):
                 self.print_to_log_file(f"budget {self._budget_s:.0f} s: {per_step:.2f} s a step, "
                                        f"{self._budget_s / epoch_s:.1f} epochs of 250 steps would fit")
                 if self._budget_s / epoch_s < MIN_EPOCHS:  # shorter epochs, nnU-Net's 5:1 train:val kept
-                    steps = max(TIMED_STEPS + 2, int(self._budget_s / MIN_EPOCHS / per_step / (1 + 1 / 15)))
-                    self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = steps, max(2, steps // 5)
-                    self.print_to_log_file(f"epochs shortened to {steps} + {steps // 5} steps")
+                    self._shortened = True
+                    self._set_steps(int(self._budget_s / MIN_EPOCHS / per_step / (1 + 1 / 15)))
         return out
+
+    def _set_steps(self, steps):
+        steps = max(TIMED_STEPS + 2, steps)
+        self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = steps, max(2, steps // 5)
+        self.print_to_log_file(f"epochs shortened to {steps} + {steps // 5} steps")
 
     def on_epoch_end(self):
         super().on_epoch_end()  # current_epoch is now the number of epochs done
-        per_epoch = (time.perf_counter() - self._started) / self.current_epoch
+        elapsed = time.perf_counter() - self._started
         if self.current_epoch == 1:  # fit the run to the budget; the poly schedule follows
-            self.num_epochs = max(1, int(self._budget_s / per_epoch))
+            if getattr(self, "_shortened", False):  # MIN_EPOCHS; the other epochs' length fills the budget
+                self.num_epochs = MIN_EPOCHS
+                per_epoch_left = (self._budget_s - elapsed) / (MIN_EPOCHS - 1)
+                self._set_steps(int(self.num_iterations_per_epoch * per_epoch_left / elapsed))
+            else:  # nnU-Net's 250-step epochs, as many as fit
+                self.num_epochs = max(1, int(self._budget_s / elapsed))
             self.lr_scheduler.max_steps = self.num_epochs
-            self.print_to_log_file(f"budget {self._budget_s:.0f} s: {self.num_epochs} epochs of {per_epoch:.1f} s")
+            self.print_to_log_file(f"budget {self._budget_s:.0f} s: {self.num_epochs} epochs, the first {elapsed:.1f} s")
 
     def run_training(self):
         # nnU-Net's own loop, except that the lengths are read as it goes: the first epoch may
@@ -380,7 +390,8 @@ def markdown(result: dict[str, Any]) -> str:
                          f"{d['cross_check'].get(case, float('nan')):.4f} |")
         lines += ["", f"unetpp chose {u.get('chosen')} on its validation cases"
                   + (f"; unetpp's train had `{u['extra_args']}`" if u.get("extra_args") else "; every default")
-                  + (f"; nnU-Net's side is reused from {d['nnunet_from']}" if d.get("nnunet_from") else "") + ".",
+                  + (f"; nnU-Net's side is reused from {d['nnunet_from']}" if d.get("nnunet_from") else "")
+                  + (f"; unetpp's side is reused from {d['unetpp_from']}" if d.get("unetpp_from") else "") + ".",
                   "", "Commands:", "", "```"]
         lines += d["prepare_commands"] + u["commands"] + n["commands"] + d["eval_commands"] + ["```", ""]
     lines += ["The budget covers each tool's epochs (training steps and the validation during training); "
@@ -413,12 +424,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.savefig(path)
 
 
-def reused_nnunet(args: argparse.Namespace, split: dict[str, list[str]]) -> dict[str, Any]:
-    """The nnU-Net side of an earlier run, refused unless it had the same split, device and budget."""
-    earlier = json.loads(args.nnunet_from.read_text())
+def reused(path: Path, args: argparse.Namespace, split: dict[str, list[str]]) -> dict[str, Any]:
+    """One tool's side of an earlier run, refused unless it had the same split, device and budget."""
+    earlier = json.loads(path.read_text())
     entry = earlier["datasets"][0]
     if entry["split"] != split or earlier["device"] != args.device or earlier["minutes"] != args.minutes:
-        raise SystemExit(f"{args.nnunet_from}: another split, device or budget; run nnU-Net again")
+        raise SystemExit(f"{path}: another split, device or budget; run both tools again")
     return entry
 
 
@@ -435,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
                     "e.g. '--preset modern'")
     ap.add_argument("--nnunet-from", type=Path, default=None, help="results.json of an earlier run with the same "
                     "data, split, device and budget: its nnU-Net side is reused (for unetpp ablations)")
+    ap.add_argument("--unetpp-from", type=Path, default=None, help="likewise, its unetpp side is reused (for "
+                    "running nnU-Net again)")
     args = ap.parse_args(argv)
     if args.quick:
         args.minutes = 1.5
@@ -453,19 +466,26 @@ def main(argv: list[str] | None = None) -> int:
                              "prepare_commands": [f"python benchmarks/vs_nnunet.py {named} --minutes {args.minutes:g} "
                                                   f"--device {args.device} --out {args.out}"
                                                   + (f" --unetpp-args '{args.unetpp_args}'" if args.unetpp_args else "")
-                                                  + (f" --nnunet-from {args.nnunet_from}" if args.nnunet_from else "")]}
-    entry["unetpp"] = unetpp(args, args.data, split, work, log)
-    entry["unetpp"]["extra_args"] = args.unetpp_args
-    earlier = reused_nnunet(args, split) if args.nnunet_from else None
-    entry["nnunet"] = earlier["nnunet"] if earlier else nnunet(args, split, dims, work, log)
+                                                  + (f" --nnunet-from {args.nnunet_from}" if args.nnunet_from else "")
+                                                  + (f" --unetpp-from {args.unetpp_from}" if args.unetpp_from else "")]}
+    earlier = {tool: reused(path, args, split) for tool, path in (("unetpp", args.unetpp_from),
+                                                                  ("nnunet", args.nnunet_from)) if path}
+    if "unetpp" in earlier:
+        entry["unetpp"], entry["unetpp_from"] = earlier["unetpp"]["unetpp"], str(args.unetpp_from)
+    else:
+        entry["unetpp"] = unetpp(args, args.data, split, work, log)
+        entry["unetpp"]["extra_args"] = args.unetpp_args
+    entry["nnunet"] = earlier["nnunet"]["nnunet"] if "nnunet" in earlier else nnunet(args, split, dims, work, log)
     entry["eval_commands"] = []
-    for tool in ("unetpp",) if earlier else ("unetpp", "nnunet"):
+    for tool in ("unetpp", "nnunet"):
+        if tool in earlier:
+            continue
         pred = Path(entry[tool]["pred"])
         entry[tool]["cases"] = scores(pred, work / "test_labels", args.out / f"eval_{tool}.json", log)
         entry["eval_commands"].append(f"unetpp evaluate --pred {pred.name} --ref test_labels --json eval_{tool}.json")
         shutil.copytree(pred, args.out / f"pred_{tool}", dirs_exist_ok=True)
-    if earlier:
-        entry["cross_check"], entry["nnunet_from"] = earlier["cross_check"], str(args.nnunet_from)
+    if "nnunet" in earlier:
+        entry["cross_check"], entry["nnunet_from"] = earlier["nnunet"]["cross_check"], str(args.nnunet_from)
     else:
         dataset_json = next((work / "nnUNet_raw").glob(f"Dataset{DATASET_ID:03d}_*")) / "dataset.json"
         entry["cross_check"] = nnunet_cross_check(args.nnunet_bin, Path(entry["nnunet"]["pred"]),

@@ -41,8 +41,11 @@ class _FakeTrainer:
     def on_train_epoch_start(self):
         pass
 
+    def step_seconds(self):
+        return self.clock.step(self.clock) if callable(self.clock.step) else self.clock.step
+
     def train_step(self, batch):
-        self.clock.now += self.clock.step
+        self.clock.now += self.step_seconds()
         self.epoch_lengths[-1] += 1
         return {}
 
@@ -53,7 +56,7 @@ class _FakeTrainer:
         pass
 
     def validation_step(self, batch):
-        self.clock.now += self.clock.step / 3
+        self.clock.now += (self.clock.step(self.clock) if callable(self.clock.step) else self.clock.step) / 3
         return {}
 
     def on_validation_epoch_end(self, outputs):
@@ -105,6 +108,18 @@ def test_budget_trainer_shortens_epochs_that_would_not_fit_four_times(monkeypatc
     assert trainer.num_epochs == trainer.current_epoch == 4 and trainer.ended
     assert 90 <= clock.now <= 100  # the whole run inside the budget
     assert any("shortened" in line for line in trainer.log)
+
+
+def test_shortened_epochs_after_the_first_fill_the_budget_though_steps_grew_slower(monkeypatch):
+    # 5.5 s a step while timed, 5.8 s later: the first epoch runs longer than planned, and
+    # flooring the number of epochs would drop one (3 of 4, a quarter of the budget unused)
+    def step_cost(clock):
+        clock.steps = getattr(clock, "steps", 0) + 1
+        return 5.5 if clock.steps <= 11 else 5.8
+
+    trainer, clock = _budget_trainer(monkeypatch, budget_s=1200, step_s=step_cost)
+    assert trainer.num_epochs == trainer.current_epoch == 4 and len(trainer.epoch_lengths) == 4
+    assert 0.95 * 1200 <= clock.now <= 1.02 * 1200
 
 
 def test_epochs_wall_time_of_each_tool(tmp_path):
