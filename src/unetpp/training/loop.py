@@ -53,7 +53,7 @@ from .saver import EpochFiles, RunWriter
 from .start import open_checked, start_or_resume
 from .schedule import horizon, out_of_time_after, rate, set_rate
 from .steps import count_step, read_steps, step_stats
-from .stops import StopRequest, TrainingError, TrainingInterrupted
+from .stops import StopRequest, TrainingError, TrainingInterrupted, patience_spent
 from .validate import PatchScore, Validator, monitor_score, validation_every
 
 #: on a GPU, steps between reads of the loss (a read waits for the queued kernels)
@@ -289,7 +289,7 @@ def _train(cfg: TrainConfig, run: Path, ds: Any, saved: dict[str, Any] | None, d
                     better = state["patch_iou"] > state.get("best_patch_iou", -1.0)
                     state.update(best_patch_iou=max(state["patch_iou"], state.get("best_patch_iou", -1.0)),
                                  bad_epochs=0 if better else state["bad_epochs"] + 1)
-                    last = last or _patience_spent(cfg, state)  # stopping: validate it whole
+                    last = last or patience_spent(cfg, state)  # stopping: validate it whole
                 scores = p.validator(model) if epoch % p.val_every == 0 or last else None
                 best = _end_epoch(epoch, scores, state, records, p, t0, train_seconds)
                 state["wall_seconds"] = distributed.mean_over_ranks(state["wall_seconds"], info, stats_device)
@@ -298,7 +298,7 @@ def _train(cfg: TrainConfig, run: Path, ds: Any, saved: dict[str, Any] | None, d
                 _log_epoch(progress, epoch, cfg.epochs, records.rows[-1], scores, levels, state, best is not None)
                 if stop.signum is not None:  # arrived during validation: the epoch is saved whole
                     raise interrupted(stop.signum, f"after epoch {epoch}")
-                if _patience_spent(cfg, state):
+                if patience_spent(cfg, state):
                     what = "validation patch score" if p.patch_score is not None else "validation score"
                     progress.log(f"early stop after epoch {epoch}: no better {what} for {cfg.patience} epochs "
                                  f"(best whole-case score {state['best_score']:.4f} at epoch {state['best_epoch']})")
@@ -339,7 +339,7 @@ def _announce(cfg: TrainConfig, run: Path, p: _Parts, state: dict[str, Any], res
         progress.log(f"{run}: already trained {state['epoch']} epoch(s) of {cfg.epochs}; "
                      "give a larger --epochs to go on")
         return False
-    if _patience_spent(cfg, state):
+    if patience_spent(cfg, state):
         progress.log(f"{run}: stopped early at epoch {state['epoch']} (no better validation score "
                      f"for {state['bad_epochs']} epochs); give a larger --patience to go on")
         return False
@@ -373,15 +373,6 @@ def _end_epoch(epoch: int, scores: dict[str, float] | None, state: dict[str, Any
                  "lr": p.optimizer.param_groups[0]["lr"]})
     state["step"] = 0
     return best
-
-
-def _patience_spent(cfg: TrainConfig, state: dict[str, Any]) -> bool:
-    """Early stopping: ``patience`` epochs without a better score, and at least
-    ``min_patience_steps`` training steps in them (epochs of a few steps, a small data set on a
-    CPU, would otherwise stop a run after seconds)."""
-    bad = state["bad_epochs"]
-    return cfg.patience is not None and bad >= cfg.patience and \
-        bad * (cfg.steps_per_epoch or 1) >= cfg.min_patience_steps
 
 
 def _close_quietly(writer: RunWriter) -> None:

@@ -1,13 +1,26 @@
-"""How training stops early: an error it cannot go past, or a signal asking it to save."""
+"""How training stops early: patience spent, an error it cannot go past, or a signal asking it
+to save."""
 
 from __future__ import annotations
 
 import signal
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..console import log
 from ..errors import UnetppError
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+
+
+def patience_spent(cfg: "TrainConfig", state: dict[str, Any]) -> bool:
+    """Early stopping: ``patience`` epochs without a better score, and at least
+    ``min_patience_steps`` training steps in them (epochs of a few steps, a small data set on a
+    CPU, would otherwise stop a run after seconds)."""
+    bad = state["bad_epochs"]
+    return cfg.patience is not None and bad >= cfg.patience and \
+        bad * (cfg.steps_per_epoch or 1) >= cfg.min_patience_steps
 
 
 class TrainingError(UnetppError):
