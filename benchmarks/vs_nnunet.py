@@ -70,6 +70,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 MIN_EPOCHS = 4  # nnU-Net's 250-step epochs are kept whenever at least this many fit the budget
 TIMED_STEPS = 10  # steps timed at the start of the first epoch (after one warm-up step)
+VAL_STEP_COST = 1 / 3  # a validation step (forward only) against a training step
 
 
 class nnUNetTrainer_UnetppBudget(nnUNetTrainer):
@@ -78,6 +79,7 @@ class nnUNetTrainer_UnetppBudget(nnUNetTrainer):
         self._budget_s = float(os.environ["UNETPP_BENCH_BUDGET_S"])
         self._started = time.perf_counter()
         self._step_clock = []
+        self._shortened = False
 
     def train_step(self, batch):
         out = super().train_step(batch)
@@ -85,13 +87,13 @@ class nnUNetTrainer_UnetppBudget(nnUNetTrainer):
             self._step_clock.append(time.perf_counter())
             if len(self._step_clock) == TIMED_STEPS + 1:
                 per_step = (self._step_clock[-1] - self._step_clock[0]) / TIMED_STEPS
-                # a validation step (forward only) costs about a third of a training step
-                epoch_s = per_step * (self.num_iterations_per_epoch + self.num_val_iterations_per_epoch / 3)
+                epoch_s = per_step * (self.num_iterations_per_epoch
+                                      + self.num_val_iterations_per_epoch * VAL_STEP_COST)
                 self.print_to_log_file(f"budget {self._budget_s:.0f} s: {per_step:.2f} s a step, "
                                        f"{self._budget_s / epoch_s:.1f} epochs of 250 steps would fit")
                 if self._budget_s / epoch_s < MIN_EPOCHS:  # shorter epochs, nnU-Net's 5:1 train:val kept
                     self._shortened = True
-                    self._set_steps(int(self._budget_s / MIN_EPOCHS / per_step / (1 + 1 / 15)))
+                    self._set_steps(int(self._budget_s / MIN_EPOCHS / per_step / (1 + VAL_STEP_COST / 5)))
         return out
 
     def _set_steps(self, steps):
@@ -105,7 +107,7 @@ class nnUNetTrainer_UnetppBudget(nnUNetTrainer):
         if self.current_epoch == 1:  # fit the run to the budget; the poly schedule follows
             if elapsed >= self._budget_s:  # the first epoch alone spent the budget: stop there
                 self.num_epochs = 1
-            elif getattr(self, "_shortened", False) or self._budget_s / elapsed < MIN_EPOCHS:
+            elif self._shortened or self._budget_s / elapsed < MIN_EPOCHS:
                 # MIN_EPOCHS, the other epochs' length filling the budget (also when the first
                 # epoch ran slower than its timed steps said, and fewer than MIN_EPOCHS would fit)
                 self.num_epochs = MIN_EPOCHS
@@ -189,7 +191,7 @@ def nuclei_3d_blocks() -> Path:
     x/y edge (6 bright blobs touching it are unlabelled); the test row is on that edge, so a
     tool that segments such a nucleus loses Dice for it (docs/results.md, section 5)."""
     from unetpp.data.files.formats import read_file, write_file
-    from unetpp.data.samples.catalog import fetch
+    from unetpp.data.samples.catalog import fetch, tile_grid
     from unetpp.io import atomic_write_json
 
     sample = fetch("nuclei-3d")
@@ -197,7 +199,7 @@ def nuclei_3d_blocks() -> Path:
     if (dest / "splits.json").is_file():
         return dest
     split: dict[str, list[str]] = {"train": [], "val": [], "test": []}
-    for q, (qy, qx) in enumerate([(0, 0), (0, 128), (128, 0), (128, 128)]):  # the sample's tile_grid order
+    for q, (qy, qx) in enumerate(tile_grid(256, 256, 128)):  # the quarters, in the order the sample wrote them
         image = read_file(sample / "imagesTr" / f"nuclei_{q}_0000.nii.gz")[0][0]  # (C, z, y, x) -> (z, y, x)
         label = read_file(sample / "labelsTr" / f"nuclei_{q}.nii.gz", mask=True)[0][0]
         meta = {"spacing": [1.0, 1.0, 1.0]}  # as the sample writes them
